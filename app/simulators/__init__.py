@@ -1,0 +1,1 @@
+"""Local simulators of GitHub and Stacksona, real HTTP servers on loopback."""
