@@ -1,0 +1,48 @@
+"""Retry and poll schedules: pure functions, randomness injected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+RETRY_BASE_SECONDS = 1.0
+RETRY_CAP_SECONDS = 300.0
+# A Retry-After longer than this is more likely a misconfigured proxy than a
+# real instruction; we still come back within the hour.
+RETRY_AFTER_CAP_SECONDS = 3600.0
+POLL_FIRST_SECONDS = 5.0
+
+
+def retry_delay(
+    attempt: int,
+    rand: Callable[[], float],
+    *,
+    retry_after: float | None = None,
+    cap: float = RETRY_CAP_SECONDS,
+) -> float:
+    """Exponential backoff with equal jitter; attempt 0 waits about a second."""
+    ceiling = min(cap, RETRY_BASE_SECONDS * 2.0 ** max(0, attempt))
+    delay = ceiling / 2 + rand() * ceiling / 2
+    if retry_after is not None and retry_after > 0:
+        delay = max(delay, min(retry_after, RETRY_AFTER_CAP_SECONDS))
+    return delay
+
+
+def poll_delay(polls: int, rand: Callable[[], float], *, cap: float) -> float:
+    """Fallback polling while a human reviews: 5 s, 10 s, 20 s … up to `cap`.
+
+    The Stacksona callback normally wakes the gate first; this bounds the delay
+    when a callback is lost.
+    """
+    ceiling = min(cap, POLL_FIRST_SECONDS * 2.0 ** max(0, polls))
+    return ceiling * (0.8 + 0.2 * rand())
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header (HTTP dates are rare here; ignored)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None

@@ -1,0 +1,139 @@
+"""Database schema (SQLAlchemy Core), engine setup and migrations.
+
+The `gates` table is both the domain record and the work queue. SQLite is the
+embedded default (WAL, one writer); PostgreSQL serves several replicas.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+)
+
+metadata = MetaData()
+_MIGRATION_LOCK_ID = 0x5A7E_6A7E
+
+gates = Table(
+    "gates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(120), nullable=False, unique=True),
+    # Set while the gate is open, NULL once closed: the unique constraint lets
+    # concurrent deliveries for one (repository, run, environment) join a
+    # single open gate, while a later re-run of the same run opens a new one.
+    Column("open_key", String(400), nullable=True, unique=True),
+    Column("state", String(32), nullable=False),
+    Column("repository_id", BigInteger, nullable=False),
+    Column("owner", String(100), nullable=False),
+    Column("repo", String(100), nullable=False),
+    Column("installation_id", BigInteger, nullable=False),
+    Column("run_id", BigInteger, nullable=False),
+    Column("environment", String(255), nullable=False),
+    Column("event", String(100), nullable=False, default=""),
+    Column("ref", String(255), nullable=False, default=""),
+    Column("sha", String(64), nullable=False, default=""),
+    Column("actor", String(100), nullable=False, default=""),
+    Column("pull_requests", Text, nullable=False, default="[]"),
+    Column("deployment_id", BigInteger, nullable=True),
+    Column("thread_id", String(200), nullable=True),
+    Column("verdict", String(16), nullable=True),
+    Column("verdict_reason", Text, nullable=True),
+    Column("reviewer_message", Text, nullable=True),
+    Column("status_reported", Boolean, nullable=False, default=False),
+    # A Stacksona callback arrived while the gate was leased: the worker must
+    # not push the next poll back to its fallback schedule.
+    Column("woken", Boolean, nullable=False, default=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("polls", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_owner", String(100), nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+    Column("generation", Integer, nullable=False, default=0),
+    Column("deadline_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("closed_at", Float, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Index("ix_gates_due", "state", "next_attempt_at"),
+    Index("ix_gates_thread_id", "thread_id"),
+)
+
+gate_history = Table(
+    "gate_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("gate_id", Integer, ForeignKey("gates.id"), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+    Column("from_state", String(32), nullable=True),
+    Column("to_state", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("delivery_id", String(100), primary_key=True),
+    Column("gate_id", Integer, ForeignKey("gates.id"), nullable=False, index=True),
+    Column("received_at", Float, nullable=False),
+)
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url, **kwargs)
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite's own transaction handling defers BEGIN; take control so
+        # every transaction starts as BEGIN IMMEDIATE (one writer, no upgrade
+        # deadlocks between processes).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (idempotent)."""
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together must not run the same migration twice.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")

@@ -1,0 +1,132 @@
+"""Posting reviews and status reports to GitHub through githubkit.
+
+githubkit pitfalls handled here (DESIGN §2): no default timeout and in-call
+retry sleeps (we set a timeout, turn retries off and retry durably in the
+worker); a process-wide token cache whose key ignores the host (one cache per
+client); the REST API version GHES may not know (sent explicitly); and
+positional-argument order (keywords only).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+from githubkit import AppInstallationAuthStrategy, GitHub
+from githubkit.cache import MemCacheStrategy
+from githubkit.exception import GitHubException, RequestFailed, RequestTimeout
+
+from app.backoff import parse_retry_after
+from app.secret import Secret
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+ReviewState = Literal["approved", "rejected"]
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """Which pending deployments a review call answers."""
+
+    owner: str
+    repo: str
+    run_id: int
+    environment: str
+    installation_id: int
+
+
+@dataclass(frozen=True)
+class GitHubAnswer:
+    """What GitHub said; `status_code` None means no HTTP answer at all."""
+
+    status_code: int | None
+    retry_after: float | None = None
+    detail: str = ""
+    token_failure: bool = False
+
+
+class GitHubClient:
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        app_id: int,
+        private_key: Secret,
+        api_version: str,
+        transport: httpx.BaseTransport | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._api_url = api_url
+        self._app_id = app_id
+        self._private_key = private_key
+        self._api_version = api_version
+        self._transport = transport
+        self._timeout = timeout
+        self._cache_lock = threading.Lock()
+        self._token_cache = MemCacheStrategy()
+
+    def __repr__(self) -> str:
+        return f"GitHubClient(api_url={self._api_url!r}, app_id={self._app_id})"
+
+    def review(self, target: RunTarget, state: ReviewState, comment: str) -> GitHubAnswer:
+        """Approve or reject every pending deployment of the run in that environment."""
+        return self._post(target, comment, state)
+
+    def status_report(self, target: RunTarget, comment: str) -> GitHubAnswer:
+        """The same endpoint without `state` only adds a status line."""
+        return self._post(target, comment, None)
+
+    def forget_tokens(self) -> None:
+        """Drop cached installation tokens (after a 401: the token was revoked)."""
+        with self._cache_lock:
+            self._token_cache = MemCacheStrategy()
+
+    def _post(self, target: RunTarget, comment: str, state: ReviewState | None) -> GitHubAnswer:
+        github = self._installation_client(target.installation_id)
+        extra = {"state": state} if state is not None else {}
+        try:
+            github.rest.actions.review_custom_gates_for_run(
+                owner=target.owner,
+                repo=target.repo,
+                run_id=target.run_id,
+                environment_name=target.environment,
+                comment=comment,
+                headers={"X-GitHub-Api-Version": self._api_version},
+                **extra,  # type: ignore[arg-type]
+            )
+        except GitHubException as exc:
+            return self._answer_from(exc)
+        return GitHubAnswer(204)
+
+    def _answer_from(self, exc: GitHubException) -> GitHubAnswer:
+        if isinstance(exc, RequestFailed):
+            response = exc.response.raw_response
+            token_failure = response.request.url.path.endswith("/access_tokens")
+            if response.status_code == 401:
+                self.forget_tokens()
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            detail = f"HTTP {response.status_code} from {response.request.url.path}"
+            return GitHubAnswer(response.status_code, retry_after, detail, token_failure)
+        kind = "timeout" if isinstance(exc, RequestTimeout) else type(exc).__name__
+        return GitHubAnswer(None, None, f"GitHub {kind}")
+
+    def _installation_client(self, installation_id: int) -> GitHub[AppInstallationAuthStrategy]:
+        with self._cache_lock:
+            cache = self._token_cache
+        auth = AppInstallationAuthStrategy(
+            app_id=self._app_id,
+            private_key=self._private_key.reveal(),
+            installation_id=installation_id,
+        )
+        return GitHub(
+            auth,
+            base_url=self._api_url + "/",
+            timeout=self._timeout,
+            transport=self._transport,
+            cache_strategy=cache,
+            http_cache=False,
+            auto_retry=False,
+            follow_redirects=False,
+            user_agent="stacksona-gate",
+        )

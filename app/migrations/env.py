@@ -1,0 +1,11 @@
+"""Alembic environment: runs on the connection `app.db.migrate` hands over."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from app.db import metadata
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+context.run_migrations()

@@ -1,0 +1,265 @@
+"""Settings: read once from the environment (and `.env`), validated, frozen.
+
+Every problem names the variable; secret values are never echoed back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from app.secret import Secret
+
+RISK_LEVELS = ("low", "medium", "high", "critical")
+DEFAULT_GITHUB_API_URL = "https://api.github.com"
+# githubkit 0.16's default; GHES only knows 2022-11-28 (DESIGN §2).
+GITHUB_DOTCOM_API_VERSION = "2026-03-10"
+GHES_API_VERSION = "2022-11-28"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class EnvironmentRule:
+    """Per-environment overrides of what Stacksona is asked."""
+
+    tool_name: str | None = None
+    risk_level: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    github_app_id: int
+    github_private_key: Secret
+    github_webhook_secret: Secret
+    stacksona_gate_url: str
+    stacksona_api_key: Secret
+    github_api_url: str = DEFAULT_GITHUB_API_URL
+    github_api_version: str = GITHUB_DOTCOM_API_VERSION
+    stacksona_webhook_token: Secret | None = None
+    stacksona_require_approval_token: bool = False
+    stacksona_decision_url: str | None = None
+    environment_rules: Mapping[str, EnvironmentRule] = field(default_factory=dict)
+    database_url: str = "sqlite:///stacksona-gate.db"
+    port: int = 8000
+    gate_deadline_seconds: float = 7 * 86400.0
+    poll_max_interval_seconds: float = 300.0
+    worker_concurrency: int = 4
+    max_webhook_bytes: int = 1024 * 1024
+    log_level: str = "INFO"
+
+    @property
+    def github_web_url(self) -> str:
+        """The web UI base that matches the API base (for run links in comments)."""
+        parts = urlsplit(self.github_api_url)
+        if parts.hostname == "api.github.com":
+            return "https://github.com"
+        base = f"{parts.scheme}://{parts.netloc}"
+        return base if parts.path.rstrip("/") == "/api/v3" else base + parts.path.rstrip("/")
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse KEY=VALUE lines; `#` comments, optional `export ` and quotes."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def merged_environment(environ: Mapping[str, str], dotenv: Path | None) -> dict[str, str]:
+    """Real environment variables win over `.env` entries."""
+    merged = read_dotenv(dotenv) if dotenv is not None else {}
+    merged.update(environ)
+    return merged
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
+) -> Settings:
+    env = merged_environment(os.environ if environ is None else environ, dotenv)
+    api_url = _url(env, "GITHUB_API_URL", DEFAULT_GITHUB_API_URL)
+    return Settings(
+        github_app_id=_positive_int(env, "GITHUB_APP_ID", None),
+        github_private_key=_private_key(env),
+        github_webhook_secret=Secret(_required(env, "GITHUB_WEBHOOK_SECRET")),
+        stacksona_gate_url=_url(env, "STACKSONA_GATE_URL", None),
+        stacksona_api_key=Secret(_required(env, "STACKSONA_API_KEY")),
+        github_api_url=api_url,
+        github_api_version=env.get("GITHUB_API_VERSION") or default_api_version(api_url),
+        stacksona_webhook_token=_optional_secret(env, "STACKSONA_WEBHOOK_TOKEN"),
+        stacksona_require_approval_token=_bool(env, "STACKSONA_REQUIRE_APPROVAL_TOKEN"),
+        stacksona_decision_url=_decision_url_template(env),
+        environment_rules=_environment_rules(env),
+        database_url=database_url(env),
+        port=_positive_int(env, "PORT", 8000),
+        gate_deadline_seconds=_duration(env, "GATE_DEADLINE", 7 * 86400.0),
+        poll_max_interval_seconds=_duration(env, "STACKSONA_POLL_MAX_INTERVAL", 300.0),
+        worker_concurrency=_positive_int(env, "WORKER_CONCURRENCY", 4),
+        max_webhook_bytes=_positive_int(env, "MAX_WEBHOOK_BYTES", 1024 * 1024),
+        log_level=_log_level(env),
+    )
+
+
+def default_api_version(api_url: str) -> str:
+    is_dotcom = urlsplit(api_url).hostname == "api.github.com"
+    return GITHUB_DOTCOM_API_VERSION if is_dotcom else GHES_API_VERSION
+
+
+def database_url(env: Mapping[str, str]) -> str:
+    url = env.get("DATABASE_URL", "").strip() or "sqlite:///stacksona-gate.db"
+    if url.startswith("postgres://"):  # Heroku-style alias SQLAlchemy does not accept
+        url = "postgresql://" + url.removeprefix("postgres://")
+    if not url.startswith(("sqlite:", "postgresql:", "postgresql+")):
+        raise SettingsError("DATABASE_URL", "must start with sqlite:/// or postgresql://")
+    return url
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise SettingsError(name, "is required but not set")
+    return value
+
+
+def _optional_secret(env: Mapping[str, str], name: str) -> Secret | None:
+    value = env.get(name, "").strip()
+    return Secret(value) if value else None
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int | None) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        if default is None:
+            raise SettingsError(name, "is required but not set")
+        return default
+    if not raw.isdigit() or int(raw) <= 0:
+        raise SettingsError(name, f"must be a positive integer (got {raw!r})")
+    return int(raw)
+
+
+def _url(env: Mapping[str, str], name: str, default: str | None) -> str:
+    raw = env.get(name, "").strip() or default
+    if raw is None:
+        raise SettingsError(name, "is required but not set")
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(name, f"must be an http(s) URL (got {raw!r})")
+    if parts.query or parts.fragment:
+        raise SettingsError(name, "must not carry a query string or fragment")
+    return raw.rstrip("/")
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(name, f"must be true or false (got {raw!r})")
+
+
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    match = _DURATION.match(raw)
+    if not match or float(match.group(1)) <= 0:
+        raise SettingsError(name, f"must be a duration like 90s, 30m, 12h or 7d (got {raw!r})")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _decision_url_template(env: Mapping[str, str]) -> str | None:
+    name = "STACKSONA_DECISION_URL"
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        raw.format(thread_id="t", task_id="t")
+    except (KeyError, IndexError, ValueError):
+        raise SettingsError(name, "may only use the placeholders {thread_id} and {task_id}") from None
+    _url({name: raw.replace("{", "").replace("}", "")}, name, None)
+    return raw
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError("LOG_LEVEL", f"must be DEBUG, INFO, WARNING or ERROR (got {level!r})")
+    return level
+
+
+def _private_key(env: Mapping[str, str]) -> Secret:
+    text = env.get("GITHUB_PRIVATE_KEY", "").strip()
+    name = "GITHUB_PRIVATE_KEY"
+    if not text:
+        path = env.get("GITHUB_PRIVATE_KEY_PATH", "").strip()
+        if not path:
+            raise SettingsError(name, "is required (or set GITHUB_PRIVATE_KEY_PATH)")
+        name = "GITHUB_PRIVATE_KEY_PATH"
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(name, f"cannot read {path!r}: {exc.strerror}") from None
+    # Many platforms only take one-line variables, so `\n` escapes stand for newlines.
+    pem = text.replace("\\n", "\n").strip() + "\n"
+    _check_rsa_private_key(pem, name)
+    return Secret(pem)
+
+
+def _check_rsa_private_key(pem: str, name: str) -> None:
+    try:
+        key = load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise SettingsError(name, "is not a PEM-encoded private key") from None
+    if not isinstance(key, RSAPrivateKey):
+        raise SettingsError(name, "must be an RSA private key (GitHub Apps sign JWTs with RS256)")
+
+
+def _environment_rules(env: Mapping[str, str]) -> dict[str, EnvironmentRule]:
+    name = "STACKSONA_ENVIRONMENTS"
+    raw = env.get(name, "").strip()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(name, f"is not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise SettingsError(name, 'must be a JSON object like {"production": {"risk_level": "critical"}}')
+    return {str(env_name): _environment_rule(name, str(env_name), rule) for env_name, rule in data.items()}
+
+
+def _environment_rule(name: str, env_name: str, rule: object) -> EnvironmentRule:
+    if not isinstance(rule, dict) or set(rule) - {"tool_name", "risk_level"}:
+        raise SettingsError(name, f"{env_name!r} may only set tool_name and risk_level")
+    tool, risk = rule.get("tool_name"), rule.get("risk_level")
+    if tool is not None and (not isinstance(tool, str) or not tool.strip()):
+        raise SettingsError(name, f"{env_name!r}: tool_name must be a non-empty string")
+    if risk is not None and risk not in RISK_LEVELS:
+        raise SettingsError(name, f"{env_name!r}: risk_level must be one of {', '.join(RISK_LEVELS)}")
+    return EnvironmentRule(tool_name=tool, risk_level=risk)

@@ -1,0 +1,226 @@
+"""Loopback HTTP plumbing shared by the GitHub and Stacksona simulators."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any, Self
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+_log = logging.getLogger(__name__)
+
+
+class _QuietRequestHandler(WSGIRequestHandler):
+    """Keeps werkzeug's access log out of stderr: query strings can carry callback tokens."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return None
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        _log.debug("simulator %s: " + message, type, *args)
+
+
+class LoopbackServer:
+    """Serves one WSGI app on 127.0.0.1 (random free port) from a daemon thread."""
+
+    def __init__(self, app: WSGIApplication) -> None:
+        self._app = app
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        server = make_server(
+            "127.0.0.1", 0, self._app, threaded=True, request_handler=_QuietRequestHandler
+        )
+        # A short poll interval keeps stop() fast; tests start and stop many servers.
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"loopback-{server.server_port}",
+            daemon=True,
+        )
+        thread.start()
+        self._server, self._thread = server, thread
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        self._thread = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("server not started")
+        return int(self._server.server_port)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body),
+        status=status,
+        headers=headers,
+        content_type="application/json; charset=utf-8",
+    )
+
+
+def empty_response(status: int = 204) -> Response:
+    return Response(status=status)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is not one."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def status_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+@dataclass(frozen=True)
+class _Failure:
+    status: int
+    headers: dict[str, str]
+    body: object
+
+
+class FaultPlan:
+    """Scripted failures and delays per route, consumed by concurrent requests in arrival order."""
+
+    def __init__(self, routes: Iterable[str], default_body: Callable[[int], object]) -> None:
+        self._routes = frozenset(routes)
+        self._default_body = default_body
+        self._lock = threading.Lock()
+        self._failures: dict[str, deque[_Failure]] = {route: deque() for route in self._routes}
+        self._delays: dict[str, float] = {}
+
+    def fail_next(
+        self,
+        route: str,
+        status: int,
+        *,
+        times: int = 1,
+        headers: dict[str, str] | None = None,
+        body: object | None = None,
+    ) -> None:
+        self._check_route(route)
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        failure = _Failure(status, dict(headers or {}), body)
+        with self._lock:
+            self._failures[route].extend([failure] * times)
+
+    def set_delay(self, route: str, seconds: float) -> None:
+        self._check_route(route)
+        if seconds < 0:
+            raise ValueError("seconds must not be negative")
+        with self._lock:
+            self._delays[route] = seconds
+
+    def intercept(self, route: str) -> Response | None:
+        """Sleeps the route's delay, then answers a queued failure if there is one.
+
+        The request still takes effect after the delay when no failure is queued, like a
+        slow real server whose client gave up: that is what idempotency must survive.
+        """
+        with self._lock:
+            delay = self._delays.get(route, 0.0)
+            queue = self._failures[route]
+            failure = queue.popleft() if queue else None
+        if delay > 0:
+            time.sleep(delay)
+        return None if failure is None else self._render(failure)
+
+    def _render(self, failure: _Failure) -> Response:
+        body = self._default_body(failure.status) if failure.body is None else failure.body
+        if isinstance(body, str):
+            # A plain string simulates a non-JSON error page (e.g. from a load balancer).
+            return Response(body, status=failure.status, headers=failure.headers)
+        return json_response(failure.status, body, failure.headers)
+
+    def _check_route(self, route: str) -> None:
+        if route not in self._routes:
+            raise ValueError(f"unknown route {route!r}; expected one of {sorted(self._routes)}")
+
+
+class SimulatorBase:
+    """A loopback server dispatching a werkzeug URL map to the subclass's `_handle`."""
+
+    def __init__(self, url_map: Map) -> None:
+        self._url_map = url_map
+        self._server = LoopbackServer(self._wsgi)
+
+    def start(self) -> Self:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _handle(self, endpoint: str, request: Request, args: Mapping[str, Any]) -> Response:
+        raise NotImplementedError
+
+    def _not_found(self) -> Response:
+        raise NotImplementedError
+
+    def _wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        request = Request(environ)
+        try:
+            endpoint, args = self._url_map.bind_to_environ(environ).match()
+        except HTTPException:
+            # Wrong method or path: both answer 404, as GitHub does for unknown routes.
+            response = self._not_found()
+        else:
+            response = self._handle(str(endpoint), request, args)
+        return response(environ, start_response)

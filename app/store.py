@@ -1,0 +1,273 @@
+"""Gate persistence and the work queue on top of it.
+
+Each method is one short transaction with no network I/O inside. Work is
+claimed with a lease and a generation counter: a worker whose lease was
+reclaimed finds its generation stale and cannot overwrite newer state.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, Engine, case, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from app.db import deliveries, gate_history, gates
+from app.payload import DeploymentRequest
+
+OPEN_STATES = ("new", "awaiting_review", "reporting")
+FINAL_STATES = ("approved", "rejected", "superseded", "failed")
+
+
+class AcceptOutcome(StrEnum):
+    CREATED = "created"
+    JOINED = "joined"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class Gate:
+    id: int
+    task_id: str
+    state: str
+    repository_id: int
+    owner: str
+    repo: str
+    installation_id: int
+    run_id: int
+    environment: str
+    event: str
+    ref: str
+    sha: str
+    actor: str
+    pull_requests: tuple[int, ...]
+    deployment_id: int | None
+    thread_id: str | None
+    verdict: str | None
+    verdict_reason: str | None
+    reviewer_message: str | None
+    status_reported: bool
+    attempts: int
+    polls: int
+    next_attempt_at: float
+    generation: int
+    deadline_at: float
+    created_at: float
+    updated_at: float
+    closed_at: float | None
+    last_error: str | None
+    lease_owner: str | None = None
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.repo}"
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    at: float
+    from_state: str | None
+    to_state: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Change:
+    """The result of one worker step: new state, reason, and other columns."""
+
+    state: str
+    reason: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+    # Unchanged state is recorded only when it explains something (a retry).
+    record: bool = True
+
+
+class GateStore:
+    def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def ping(self) -> None:
+        with self._engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def accept(
+        self, delivery_id: str, request: DeploymentRequest, *, deadline_seconds: float
+    ) -> tuple[int, AcceptOutcome]:
+        """Store a delivery: a new gate, or joined to the open gate of its run."""
+        for attempt in range(3):
+            try:
+                with self._engine.begin() as conn:
+                    return self._accept_in(conn, delivery_id, request, deadline_seconds)
+            except IntegrityError:
+                # A concurrent delivery won the race for the open key or the
+                # delivery id; the next round finds its row.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _accept_in(
+        self, conn: Connection, delivery_id: str, request: DeploymentRequest, deadline: float
+    ) -> tuple[int, AcceptOutcome]:
+        now = self._clock()
+        seen = conn.execute(select(deliveries.c.gate_id).where(deliveries.c.delivery_id == delivery_id))
+        if (gate_id := seen.scalar()) is not None:
+            return gate_id, AcceptOutcome.DUPLICATE
+        key = open_key(request)
+        row = conn.execute(select(gates.c.id, gates.c.state).where(gates.c.open_key == key)).first()
+        if row is None:
+            gate_id, outcome = self._insert_gate(conn, request, key, now + deadline), AcceptOutcome.CREATED
+            _record(conn, gate_id, now, None, "new", f"delivery {delivery_id} opened the gate")
+        else:
+            gate_id, outcome = row.id, AcceptOutcome.JOINED
+            _record(conn, gate_id, now, row.state, row.state, f"delivery {delivery_id} joined the gate")
+        conn.execute(insert(deliveries).values(delivery_id=delivery_id, gate_id=gate_id, received_at=now))
+        return gate_id, outcome
+
+    def _insert_gate(self, conn: Connection, request: DeploymentRequest, key: str, deadline_at: float) -> int:
+        now = self._clock()
+        values = _request_columns(request) | {
+            "task_id": task_id_for(request),
+            "open_key": key,
+            "state": "new",
+            "status_reported": False,
+            "woken": False,
+            "attempts": 0,
+            "polls": 0,
+            "generation": 0,
+            "next_attempt_at": now,
+            "deadline_at": deadline_at,
+            "created_at": now,
+            "updated_at": now,
+        }
+        result = conn.execute(insert(gates).values(**values).returning(gates.c.id))
+        return int(result.scalar_one())
+
+    def claim_due(self, owner: str, *, limit: int, lease_seconds: float) -> list[Gate]:
+        """Lease up to `limit` due gates; each lease bumps the gate's generation."""
+        now = self._clock()
+        with self._engine.begin() as conn:
+            due = conn.execute(
+                select(gates.c.id)
+                .where(gates.c.state.in_(OPEN_STATES), gates.c.next_attempt_at <= now)
+                .where((gates.c.lease_expires_at.is_(None)) | (gates.c.lease_expires_at < now))
+                .order_by(gates.c.next_attempt_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).scalars().all()
+            if not due:
+                return []
+            conn.execute(
+                update(gates)
+                .where(gates.c.id.in_(due))
+                .values(lease_owner=owner, lease_expires_at=now + lease_seconds,
+                        generation=gates.c.generation + 1, woken=False)
+            )
+            rows = conn.execute(select(gates).where(gates.c.id.in_(due)).order_by(gates.c.next_attempt_at))
+            return [_gate(row._mapping) for row in rows]
+
+    def apply(self, gate: Gate, change: Change) -> bool:
+        """Write a step's result if this worker still holds the gate's lease."""
+        now = self._clock()
+        values = dict(change.values)
+        next_at = values.pop("next_attempt_at", now)
+        if change.state in FINAL_STATES:
+            values |= {"open_key": None, "closed_at": now}
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                update(gates)
+                .where(gates.c.id == gate.id, gates.c.generation == gate.generation)
+                .where(gates.c.lease_owner == gate.lease_owner)
+                .values(state=change.state, updated_at=now, lease_owner=None, lease_expires_at=None,
+                        next_attempt_at=case((gates.c.woken, now), else_=next_at), **values)
+            )
+            if result.rowcount != 1:
+                return False
+            if change.record or change.state != gate.state:
+                _record(conn, gate.id, now, gate.state, change.state, change.reason)
+            return True
+
+    def wake(self, *, thread_id: str | None, task_id: str | None) -> Gate | None:
+        """Make the gate of a Stacksona thread (or task) due now; None if unknown."""
+        column, value = (gates.c.thread_id, thread_id) if thread_id else (gates.c.task_id, task_id)
+        if not value:
+            return None
+        now = self._clock()
+        with self._engine.begin() as conn:
+            row = conn.execute(select(gates).where(column == value).order_by(gates.c.id.desc())).first()
+            if row is None:
+                return None
+            if row.state in OPEN_STATES:
+                conn.execute(update(gates).where(gates.c.id == row.id).values(next_attempt_at=now, woken=True))
+            return _gate(row._mapping)
+
+    def get(self, gate_id: int) -> Gate | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(gates).where(gates.c.id == gate_id)).first()
+        return _gate(row._mapping) if row else None
+
+    def list_gates(self, *, limit: int = 50, states: Sequence[str] = ()) -> list[Gate]:
+        query = select(gates).order_by(gates.c.id.desc()).limit(limit)
+        if states:
+            query = query.where(gates.c.state.in_(states))
+        with self._engine.connect() as conn:
+            return [_gate(row._mapping) for row in conn.execute(query)]
+
+    def history(self, gate_id: int) -> list[HistoryEntry]:
+        query = select(gate_history).where(gate_history.c.gate_id == gate_id).order_by(gate_history.c.id)
+        with self._engine.connect() as conn:
+            return [HistoryEntry(r.at, r.from_state, r.to_state, r.reason) for r in conn.execute(query)]
+
+    def delivery_ids(self, gate_id: int) -> list[str]:
+        query = select(deliveries.c.delivery_id).where(deliveries.c.gate_id == gate_id)
+        with self._engine.connect() as conn:
+            return list(conn.execute(query.order_by(deliveries.c.received_at)).scalars())
+
+    def count_by_state(self) -> dict[str, int]:
+        query = select(gates.c.state, func.count()).group_by(gates.c.state)
+        with self._engine.connect() as conn:
+            return {state: int(count) for state, count in conn.execute(query).tuples()}
+
+
+def open_key(request: DeploymentRequest) -> str:
+    return f"{request.repository_id}:{request.run_id}:{request.environment}"
+
+
+def task_id_for(request: DeploymentRequest) -> str:
+    """Chosen once per gate and stored, so every retry reuses it (idempotency)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.environment.lower()).strip("-")[:40] or "env"
+    return f"gh-{request.repository_id}-{request.run_id}-{slug}-{uuid.uuid4().hex[:12]}"
+
+
+def _request_columns(request: DeploymentRequest) -> dict[str, Any]:
+    return {
+        "repository_id": request.repository_id,
+        "owner": request.owner,
+        "repo": request.repo,
+        "installation_id": request.installation_id,
+        "run_id": request.run_id,
+        "environment": request.environment,
+        "event": request.event[:100],
+        "ref": request.ref[:255],
+        "sha": request.sha[:64],
+        "actor": request.actor[:100],
+        "pull_requests": json.dumps(list(request.pull_requests)),
+        "deployment_id": request.deployment_id,
+    }
+
+
+def _record(conn: Connection, gate_id: int, at: float, before: str | None, after: str, reason: str) -> None:
+    conn.execute(insert(gate_history).values(gate_id=gate_id, at=at, from_state=before, to_state=after, reason=reason))
+
+
+def _gate(row: Mapping[str, Any]) -> Gate:
+    data = {name: row[name] for name in Gate.__dataclass_fields__}
+    data["pull_requests"] = tuple(json.loads(row["pull_requests"] or "[]"))
+    data["status_reported"] = bool(row["status_reported"])
+    return Gate(**data)

@@ -1,0 +1,103 @@
+"""The worker loop: claim due gates, run one step each, write the results."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from app.backoff import retry_delay
+from app.stacksona import StacksonaCallFailed
+from app.steps import Services, run_step
+from app.store import FINAL_STATES, Change, Gate, GateStore
+
+log = logging.getLogger(__name__)
+
+# Longer than the worst step (three calls with 10 s timeouts plus a token
+# mint), so a live worker never loses its lease mid-step.
+LEASE_SECONDS = 120.0
+IDLE_SECONDS = 0.5
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        store: GateStore,
+        services: Services,
+        *,
+        owner: str | None = None,
+        idle_seconds: float = IDLE_SECONDS,
+    ) -> None:
+        self._store = store
+        self._svc = services
+        self._owner = owner or worker_id()
+        self._idle_seconds = idle_seconds
+        self._concurrency = services.settings.worker_concurrency
+        self.wakeup = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("worker %s started", self._owner)
+        with ThreadPoolExecutor(self._concurrency, thread_name_prefix="gate") as pool:
+            while not stop.is_set():
+                if self._run_batch(pool) == 0:
+                    self.wakeup.wait(self._idle_seconds)
+                    self.wakeup.clear()
+        log.info("worker %s stopped", self._owner)
+
+    def run_once(self) -> int:
+        """Process every gate due now (one step each); for tests and the demo."""
+        with ThreadPoolExecutor(self._concurrency, thread_name_prefix="gate") as pool:
+            return self._run_batch(pool)
+
+    def _run_batch(self, pool: ThreadPoolExecutor) -> int:
+        try:
+            gates = self._store.claim_due(self._owner, limit=self._concurrency * 2, lease_seconds=LEASE_SECONDS)
+        except Exception:
+            log.exception("cannot claim gates (database unavailable?)")
+            return 0
+        list(pool.map(self.process, gates))
+        return len(gates)
+
+    def process(self, gate: Gate) -> None:
+        try:
+            change = run_step(gate, self._svc)
+        except Exception as exc:
+            log.exception("gate %s: step failed unexpectedly", gate.id)
+            change = Change(gate.state, f"internal error {type(exc).__name__}; will retry", _later(gate, self._svc))
+        try:
+            applied = self._store.apply(gate, change)
+        except Exception:
+            log.exception("gate %s: cannot store the step's result; its lease will expire and it reruns", gate.id)
+            return
+        if not applied:
+            log.warning("gate %s: lease lost, result of this step discarded", gate.id)
+            return
+        self._log_change(gate, change)
+        if change.state in FINAL_STATES:
+            self._tell_stacksona(gate, change)
+
+    def _log_change(self, gate: Gate, change: Change) -> None:
+        if change.state != gate.state or change.record:
+            log.info("gate %s %s run %s [%s]: %s -> %s: %s", gate.id, gate.full_name, gate.run_id,
+                     gate.environment, gate.state, change.state, change.reason)
+
+    def _tell_stacksona(self, gate: Gate, change: Change) -> None:
+        """Best effort: the reviewer timeline shows what happened on GitHub."""
+        payload = {"repository": gate.full_name, "environment": gate.environment,
+                   "run_id": gate.run_id, "outcome": change.state}
+        try:
+            self._svc.stacksona.add_event(gate.task_id, "github_deployment_" + change.state, change.reason, payload)
+        except StacksonaCallFailed as exc:
+            log.warning("gate %s: timeline event not added (%s)", gate.id, exc)
+
+
+def _later(gate: Gate, svc: Services) -> dict[str, object]:
+    delay = retry_delay(gate.attempts, svc.rand)
+    return {"attempts": gate.attempts + 1, "next_attempt_at": svc.clock() + delay, "last_error": "internal error"}
