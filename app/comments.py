@@ -34,8 +34,7 @@ def final_comment(approved: bool, reason: str, message: str, ctx: DecisionContex
 
 def status_report(ctx: DecisionContext, deadline: float) -> str:
     lines = [
-        f"⏳ Waiting for a Stacksona reviewer to approve deploying **{ctx.full_name}** "
-        f"to **{ctx.environment}**.",
+        f"⏳ Waiting for a Stacksona reviewer to approve deploying **{ctx.full_name}** to **{ctx.environment}**.",
         f"Decision deadline: {format_time(deadline)} — rejected automatically if nobody decides.",
         _reference(ctx),
     ]

@@ -29,9 +29,7 @@ def run_url(gate: Gate, github_web_url: str) -> str:
     return f"{github_web_url}/{gate.owner}/{gate.repo}/actions/runs/{gate.run_id}"
 
 
-def build_decision_request(
-    gate: Gate, rules: Mapping[str, EnvironmentRule], github_web_url: str
-) -> dict[str, Any]:
+def build_decision_request(gate: Gate, rules: Mapping[str, EnvironmentRule], github_web_url: str) -> dict[str, Any]:
     rule = rules.get(gate.environment, EnvironmentRule())
     where = f"{gate.full_name} to {gate.environment}"
     what = gate.sha[:7] or gate.ref or f"run {gate.run_id}"

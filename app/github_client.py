@@ -83,18 +83,28 @@ class GitHubClient:
             self._token_cache = MemCacheStrategy()
 
     def _post(self, target: RunTarget, comment: str, state: ReviewState | None) -> GitHubAnswer:
-        github = self._installation_client(target.installation_id)
-        extra = {"state": state} if state is not None else {}
+        actions = self._installation_client(target.installation_id).rest.actions
+        headers = {"X-GitHub-Api-Version": self._api_version}
         try:
-            github.rest.actions.review_custom_gates_for_run(
-                owner=target.owner,
-                repo=target.repo,
-                run_id=target.run_id,
-                environment_name=target.environment,
-                comment=comment,
-                headers={"X-GitHub-Api-Version": self._api_version},
-                **extra,  # type: ignore[arg-type]
-            )
+            if state is None:
+                actions.review_custom_gates_for_run(
+                    owner=target.owner,
+                    repo=target.repo,
+                    run_id=target.run_id,
+                    headers=headers,
+                    environment_name=target.environment,
+                    comment=comment,
+                )
+            else:
+                actions.review_custom_gates_for_run(
+                    owner=target.owner,
+                    repo=target.repo,
+                    run_id=target.run_id,
+                    headers=headers,
+                    environment_name=target.environment,
+                    state=state,
+                    comment=comment,
+                )
         except GitHubException as exc:
             return self._answer_from(exc)
         return GitHubAnswer(204)

@@ -54,9 +54,7 @@ def parse_deployment_request(payload: object, api_base_url: str) -> DeploymentRe
     repository = _object(payload, "repository")
     owner = _string(_object(repository, "owner", "repository.owner"), "login", "repository.owner.login")
     repo = _string(repository, "name", "repository.name")
-    run_id = parse_callback_url(
-        _string(payload, "deployment_callback_url"), api_base_url, owner=owner, repo=repo
-    )
+    run_id = parse_callback_url(_string(payload, "deployment_callback_url"), api_base_url, owner=owner, repo=repo)
     return DeploymentRequest(
         repository_id=_positive_int(repository, "id", "repository.id"),
         owner=owner,

@@ -58,6 +58,7 @@ class Settings:
     environment_rules: Mapping[str, EnvironmentRule] = field(default_factory=dict)
     database_url: str = "sqlite:///stacksona-gate.db"
     port: int = 8000
+    host: str = "0.0.0.0"  # noqa: S104 - containers must listen beyond loopback
     gate_deadline_seconds: float = 7 * 86400.0
     poll_max_interval_seconds: float = 300.0
     worker_concurrency: int = 4
@@ -98,9 +99,7 @@ def merged_environment(environ: Mapping[str, str], dotenv: Path | None) -> dict[
     return merged
 
 
-def load_settings(
-    environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
-) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
     env = merged_environment(os.environ if environ is None else environ, dotenv)
     api_url = _url(env, "GITHUB_API_URL", DEFAULT_GITHUB_API_URL)
     return Settings(
@@ -117,6 +116,7 @@ def load_settings(
         environment_rules=_environment_rules(env),
         database_url=database_url(env),
         port=_positive_int(env, "PORT", 8000),
+        host=env.get("HOST", "").strip() or "0.0.0.0",  # noqa: S104
         gate_deadline_seconds=_duration(env, "GATE_DEADLINE", 7 * 86400.0),
         poll_max_interval_seconds=_duration(env, "STACKSONA_POLL_MAX_INTERVAL", 300.0),
         worker_concurrency=_positive_int(env, "WORKER_CONCURRENCY", 4),

@@ -16,8 +16,8 @@ from app.decision import (
     Approve,
     AwaitReview,
     Reject,
-    ReviewResult,
     Retry,
+    ReviewResult,
     StacksonaAnswer,
     ValidateToken,
     Verdict,
@@ -27,7 +27,7 @@ from app.decision import (
     decide_on_failure,
 )
 from app.decision_request import build_decision_request
-from app.github_client import GitHubAnswer, GitHubClient, RunTarget
+from app.github_client import GitHubAnswer, GitHubClient, ReviewState, RunTarget
 from app.settings import Settings
 from app.stacksona import StacksonaCallFailed, StacksonaClient
 from app.store import Change, Gate
@@ -104,6 +104,7 @@ def _after_outcome(
 
 
 def _await(gate: Gate, thread_id: str | None, svc: Services) -> Change:
+    values: dict[str, object]
     if gate.state == "new":
         values = {"thread_id": thread_id, "attempts": 0, "polls": 0, "last_error": None}
         return Change("awaiting_review", f"Stacksona asked a reviewer (thread {thread_id})", values)
@@ -140,7 +141,7 @@ def _post_status_report(gate: Gate, svc: Services) -> Change:
 
 
 def _report(gate: Gate, svc: Services) -> Change:
-    state = "approved" if gate.verdict == "approved" else "rejected"
+    state: ReviewState = "approved" if gate.verdict == "approved" else "rejected"
     text = comments.final_comment(
         state == "approved", gate.verdict_reason or "", gate.reviewer_message or "", _context(gate, svc)
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, RowMapping, case, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from app.db import deliveries, gate_history, gates
@@ -153,21 +153,29 @@ class GateStore:
         """Lease up to `limit` due gates; each lease bumps the gate's generation."""
         now = self._clock()
         with self._engine.begin() as conn:
-            due = conn.execute(
-                select(gates.c.id)
-                .where(gates.c.state.in_(OPEN_STATES), gates.c.next_attempt_at <= now)
-                .where((gates.c.lease_expires_at.is_(None)) | (gates.c.lease_expires_at < now))
-                .order_by(gates.c.next_attempt_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).scalars().all()
+            due = (
+                conn.execute(
+                    select(gates.c.id)
+                    .where(gates.c.state.in_(OPEN_STATES), gates.c.next_attempt_at <= now)
+                    .where((gates.c.lease_expires_at.is_(None)) | (gates.c.lease_expires_at < now))
+                    .order_by(gates.c.next_attempt_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+                .scalars()
+                .all()
+            )
             if not due:
                 return []
             conn.execute(
                 update(gates)
                 .where(gates.c.id.in_(due))
-                .values(lease_owner=owner, lease_expires_at=now + lease_seconds,
-                        generation=gates.c.generation + 1, woken=False)
+                .values(
+                    lease_owner=owner,
+                    lease_expires_at=now + lease_seconds,
+                    generation=gates.c.generation + 1,
+                    woken=False,
+                )
             )
             rows = conn.execute(select(gates).where(gates.c.id.in_(due)).order_by(gates.c.next_attempt_at))
             return [_gate(row._mapping) for row in rows]
@@ -184,8 +192,14 @@ class GateStore:
                 update(gates)
                 .where(gates.c.id == gate.id, gates.c.generation == gate.generation)
                 .where(gates.c.lease_owner == gate.lease_owner)
-                .values(state=change.state, updated_at=now, lease_owner=None, lease_expires_at=None,
-                        next_attempt_at=case((gates.c.woken, now), else_=next_at), **values)
+                .values(
+                    state=change.state,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    next_attempt_at=case((gates.c.woken, now), else_=next_at),
+                    **values,
+                )
             )
             if result.rowcount != 1:
                 return False
@@ -266,7 +280,7 @@ def _record(conn: Connection, gate_id: int, at: float, before: str | None, after
     conn.execute(insert(gate_history).values(gate_id=gate_id, at=at, from_state=before, to_state=after, reason=reason))
 
 
-def _gate(row: Mapping[str, Any]) -> Gate:
+def _gate(row: RowMapping) -> Gate:
     data = {name: row[name] for name in Gate.__dataclass_fields__}
     data["pull_requests"] = tuple(json.loads(row["pull_requests"] or "[]"))
     data["status_reported"] = bool(row["status_reported"])

@@ -85,13 +85,25 @@ class Worker:
 
     def _log_change(self, gate: Gate, change: Change) -> None:
         if change.state != gate.state or change.record:
-            log.info("gate %s %s run %s [%s]: %s -> %s: %s", gate.id, gate.full_name, gate.run_id,
-                     gate.environment, gate.state, change.state, change.reason)
+            log.info(
+                "gate %s %s run %s [%s]: %s -> %s: %s",
+                gate.id,
+                gate.full_name,
+                gate.run_id,
+                gate.environment,
+                gate.state,
+                change.state,
+                change.reason,
+            )
 
     def _tell_stacksona(self, gate: Gate, change: Change) -> None:
         """Best effort: the reviewer timeline shows what happened on GitHub."""
-        payload = {"repository": gate.full_name, "environment": gate.environment,
-                   "run_id": gate.run_id, "outcome": change.state}
+        payload = {
+            "repository": gate.full_name,
+            "environment": gate.environment,
+            "run_id": gate.run_id,
+            "outcome": change.state,
+        }
         try:
             self._svc.stacksona.add_event(gate.task_id, "github_deployment_" + change.state, change.reason, payload)
         except StacksonaCallFailed as exc:

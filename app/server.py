@@ -1,0 +1,58 @@
+"""Production HTTP serving with gunicorn, optionally with the worker in-process."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from app.runtime import build_runtime
+from app.settings import Settings
+from app.web import create_app
+
+# The path only: Stacksona callbacks may carry `?token=`, which must not be logged.
+ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss'
+
+
+class GateServer(BaseApplication):  # type: ignore[misc]
+    """gunicorn with the app built after fork (one database engine per process)."""
+
+    def __init__(self, settings: Settings, *, with_worker: bool, processes: int, threads: int) -> None:
+        self._settings = settings
+        self._with_worker = with_worker
+        self._options: dict[str, Any] = {
+            "bind": f"{settings.host}:{settings.port}",
+            "workers": processes,
+            "threads": threads,
+            "worker_class": "gthread",
+            "timeout": 60,
+            "graceful_timeout": 30,
+            "accesslog": "-",
+            "access_log_format": ACCESS_LOG_FORMAT,
+            "errorlog": "-",
+            "loglevel": settings.log_level.lower(),
+            "worker_exit": _stop_gate_worker,
+        }
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        runtime = build_runtime(self._settings, run_migrations=False)
+        if not self._with_worker:
+            return create_app(self._settings, runtime.store)
+        worker = runtime.worker()
+        thread = threading.Thread(target=worker.run, args=(_STOP,), name="gate-worker", daemon=True)
+        thread.start()
+        return create_app(self._settings, runtime.store, on_new_work=worker.wakeup.set)
+
+
+_STOP = threading.Event()
+
+
+def _stop_gate_worker(_server: object, _worker: object) -> None:
+    _STOP.set()
