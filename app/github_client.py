@@ -83,7 +83,9 @@ class GitHubClient:
             self._token_cache = MemCacheStrategy()
 
     def _post(self, target: RunTarget, comment: str, state: ReviewState | None) -> GitHubAnswer:
-        actions = self._installation_client(target.installation_id).rest.actions
+        # githubkit's `rest` namespace only weakly references its client: keep it alive.
+        github = self._installation_client(target.installation_id)
+        actions = github.rest.actions
         headers = {"X-GitHub-Api-Version": self._api_version}
         try:
             if state is None:

@@ -29,7 +29,8 @@ class _QuietRequestHandler(WSGIRequestHandler):
         return None
 
     def log(self, type: str, message: str, *args: Any) -> None:
-        _log.debug("simulator %s: " + message, type, *args)
+        # The template only: its arguments can hold a request line with a token in it.
+        _log.debug("simulator %s: %s", type, message)
 
 
 class LoopbackServer:
@@ -43,9 +44,7 @@ class LoopbackServer:
     def start(self) -> Self:
         if self._server is not None:
             raise RuntimeError("server already started")
-        server = make_server(
-            "127.0.0.1", 0, self._app, threaded=True, request_handler=_QuietRequestHandler
-        )
+        server = make_server("127.0.0.1", 0, self._app, threaded=True, request_handler=_QuietRequestHandler)
         # A short poll interval keeps stop() fast; tests start and stop many servers.
         thread = threading.Thread(
             target=server.serve_forever,

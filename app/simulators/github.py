@@ -71,6 +71,11 @@ def webhook_signature(secret: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
+def _compact_json(payload: dict[str, Any]) -> bytes:
+    # Not Python's default separators: receivers must verify the raw bytes, not a re-dump.
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def _error(status: int, message: str) -> Response:
     return json_response(status, {"message": message, "documentation_url": _DOCS})
 
@@ -87,9 +92,7 @@ def _load_public_key(pem: str | bytes) -> RSAPublicKey:
     return public
 
 
-def _repository_json(
-    repo_api: str, web: str, owner: str, repo: str, repository_id: int
-) -> dict[str, Any]:
+def _repository_json(repo_api: str, web: str, owner: str, repo: str, repository_id: int) -> dict[str, Any]:
     return {
         "id": repository_id,
         "node_id": f"R_sim{repository_id}",
@@ -139,6 +142,20 @@ def _pull_request_json(repo_api: str, number: int, sha: str) -> dict[str, Any]:
     }
 
 
+def _url_map(prefix: str) -> Map:
+    run = f"{prefix}/repos/<owner>/<repo>/actions/runs/<int:run_id>"
+    return Map(
+        [
+            Rule(
+                f"{prefix}/app/installations/<int:installation_id>/access_tokens",
+                endpoint="token",
+                methods=["POST"],
+            ),
+            Rule(f"{run}/deployment_protection_rule", endpoint="review", methods=["POST"]),
+        ]
+    )
+
+
 def _review_body_problem(body: dict[str, Any]) -> str | None:
     environment = body.get("environment_name")
     if not isinstance(environment, str) or not environment:
@@ -177,23 +194,7 @@ class GitHubSimulator(SimulatorBase):
         self._reviews: list[RecordedReview] = []
         self._token_requests: list[int] = []
         self._next_deployment_id = 1_000_001
-        super().__init__(
-            Map(
-                [
-                    Rule(
-                        f"{self._prefix}/app/installations/<int:installation_id>/access_tokens",
-                        endpoint="token",
-                        methods=["POST"],
-                    ),
-                    Rule(
-                        f"{self._prefix}/repos/<owner>/<repo>/actions/runs/<int:run_id>"
-                        "/deployment_protection_rule",
-                        endpoint="review",
-                        methods=["POST"],
-                    ),
-                ]
-            )
-        )
+        super().__init__(_url_map(self._prefix))
 
     @property
     def url(self) -> str:
@@ -219,9 +220,7 @@ class GitHubSimulator(SimulatorBase):
         with self._lock:
             deployment_id = self._next_deployment_id
             self._next_deployment_id += 1
-            self._pending.setdefault(
-                _key(owner, repo, run_id, environment), _Pending(installation_id)
-            )
+            self._pending.setdefault(_key(owner, repo, run_id, environment), _Pending(installation_id))
             self._repo_installations[(owner.lower(), repo.lower())] = installation_id
         repo_api = f"{self.url}/repos/{owner}/{repo}"
         run_api = f"{repo_api}/actions/runs/{run_id}"
@@ -245,14 +244,14 @@ class GitHubSimulator(SimulatorBase):
     def deliver(
         self,
         webhook_url: str,
-        payload: dict[str, Any],
+        payload: dict[str, Any] | bytes,
         *,
         secret: str,
         event: str = "deployment_protection_rule",
         delivery_id: str | None = None,
     ) -> httpx.Response:
-        """POSTs `payload` to `webhook_url` with the headers and signature GitHub sends."""
-        raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        """POSTs `payload` with the headers and signature GitHub sends; bytes go out as-is."""
+        raw = payload if isinstance(payload, bytes) else _compact_json(payload)
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "GitHub-Hookshot/sim",
@@ -266,8 +265,9 @@ class GitHubSimulator(SimulatorBase):
         return httpx.post(webhook_url, content=raw, headers=headers, timeout=10.0)
 
     def cancel_run(self, owner: str, repo: str, run_id: int) -> None:
+        run = _key(owner, repo, run_id, "")[:3]
         with self._lock:
-            for key in [k for k in self._pending if k[:3] == _key(owner, repo, run_id, "")[:3]]:
+            for key in [key for key in self._pending if key[:3] == run]:
                 del self._pending[key]
 
     def revoke_tokens(self) -> None:
@@ -314,9 +314,7 @@ class GitHubSimulator(SimulatorBase):
         with self._lock:
             return _key(owner, repo, run_id, environment) in self._pending
 
-    def _accepted(
-        self, owner: str | None, repo: str | None, run_id: int | None
-    ) -> list[RecordedReview]:
+    def _accepted(self, owner: str | None, repo: str | None, run_id: int | None) -> list[RecordedReview]:
         return [
             r
             for r in self.reviews
@@ -381,10 +379,7 @@ class GitHubSimulator(SimulatorBase):
         except jwt.PyJWTError:
             return False
         # iss may be sent as a number or a string; GitHub accepts both.
-        return (
-            str(claims["iss"]) == str(self._app_id)
-            and claims["exp"] - claims["iat"] <= _MAX_JWT_LIFETIME
-        )
+        return str(claims["iss"]) == str(self._app_id) and claims["exp"] - claims["iat"] <= _MAX_JWT_LIFETIME
 
     def _review(self, request: Request, owner: str, repo: str, run_id: int) -> Response:
         raw = request.get_data()

@@ -98,6 +98,29 @@ def _view(thread: _Thread) -> dict[str, Any]:
     return view
 
 
+def _callback_notice(thread: _Thread) -> dict[str, Any]:
+    return {
+        "thread_id": thread.thread_id,
+        "task_id": thread.task_id,
+        "decision": thread.status,
+        "message": thread.message,
+        "tenant_id": "tenant_sim",
+        "workflow_name": thread.workflow_name,
+        "task_label": thread.task_label,
+    }
+
+
+def _url_map() -> Map:
+    return Map(
+        [
+            Rule("/api/agent/tasks/<task_id>/requests", endpoint="create", methods=["POST"]),
+            Rule("/api/agent/decisions", endpoint="poll", methods=["GET"]),
+            Rule("/api/agent/approvals/validate", endpoint="validate", methods=["POST"]),
+            Rule("/api/agent/tasks/<task_id>/events", endpoint="events", methods=["POST"]),
+        ]
+    )
+
+
 def _with_token(url: str, token: str | None) -> str:
     if token is None:
         return url
@@ -107,17 +130,13 @@ def _with_token(url: str, token: str | None) -> str:
 class StacksonaSimulator(SimulatorBase):
     """A Stacksona Gate on loopback whose reviewer decisions the caller scripts."""
 
-    def __init__(
-        self, *, api_key: str, callback_url: str | None = None, signed_tokens: bool = True
-    ) -> None:
+    def __init__(self, *, api_key: str, callback_url: str | None = None, signed_tokens: bool = True) -> None:
         self.callback_url = callback_url
         self.paused = False
         self._api_key = api_key
         self._signed_tokens = signed_tokens
         self._lock = threading.Lock()
-        self._faults = FaultPlan(
-            ("create", "poll", "validate", "events"), lambda s: {"error": status_phrase(s)}
-        )
+        self._faults = FaultPlan(("create", "poll", "validate", "events"), lambda s: {"error": status_phrase(s)})
         self._scripts: dict[str, tuple[str, str]] = {}
         self._threads: dict[str, _Thread] = {}
         self._by_task: dict[str, str] = {}
@@ -127,18 +146,7 @@ class StacksonaSimulator(SimulatorBase):
         self._validations: list[tuple[str, str, bool]] = []
         self._events: list[tuple[str, dict[str, Any]]] = []
         self._callback_errors: list[str] = []
-        super().__init__(
-            Map(
-                [
-                    Rule(
-                        "/api/agent/tasks/<task_id>/requests", endpoint="create", methods=["POST"]
-                    ),
-                    Rule("/api/agent/decisions", endpoint="poll", methods=["GET"]),
-                    Rule("/api/agent/approvals/validate", endpoint="validate", methods=["POST"]),
-                    Rule("/api/agent/tasks/<task_id>/events", endpoint="events", methods=["POST"]),
-                ]
-            )
-        )
+        super().__init__(_url_map())
 
     @property
     def url(self) -> str:
@@ -168,15 +176,7 @@ class StacksonaSimulator(SimulatorBase):
             thread.status, thread.message, thread.decided_at = decision, message, _now()
             if decision == "approved" and self._signed_tokens:
                 thread.approval_token = "sat_" + secrets.token_urlsafe(32)
-            notice = {
-                "thread_id": thread.thread_id,
-                "task_id": thread.task_id,
-                "decision": decision,
-                "message": message,
-                "tenant_id": "tenant_sim",
-                "workflow_name": thread.workflow_name,
-                "task_label": thread.task_label,
-            }
+            notice = _callback_notice(thread)
         url = self.callback_url
         if send_callback and url:
             self._send_callback(_with_token(url, callback_token), notice, callback_token)
@@ -269,9 +269,7 @@ class StacksonaSimulator(SimulatorBase):
 
     def _refuse(self, request: Request) -> Response | None:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            key.strip().encode(), self._api_key.encode()
-        ):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self._api_key.encode()):
             return _error(401, "invalid api key")
         return _error(403, "agent paused") if self.paused else None
 

@@ -1,0 +1,101 @@
+from pathlib import Path
+
+import pytest
+
+from app.settings import GHES_API_VERSION, GITHUB_DOTCOM_API_VERSION, SettingsError, load_settings
+
+
+def load(env: dict[str, str]):  # type: ignore[no-untyped-def]
+    return load_settings(env, dotenv=None)
+
+
+def test_defaults(base_env: dict[str, str]) -> None:
+    settings = load(base_env)
+    assert settings.github_app_id == 4242
+    assert settings.github_api_url == "https://api.github.com"
+    assert settings.github_api_version == GITHUB_DOTCOM_API_VERSION
+    assert settings.github_web_url == "https://github.com"
+    assert settings.database_url == "sqlite:///stacksona-gate.db"
+    assert settings.port == 8000
+    assert settings.gate_deadline_seconds == 7 * 86400
+    assert settings.stacksona_webhook_token is None
+
+
+def test_ghes_defaults_to_the_api_version_it_knows(base_env: dict[str, str]) -> None:
+    settings = load(base_env | {"GITHUB_API_URL": "https://ghe.example.com/api/v3/"})
+    assert settings.github_api_url == "https://ghe.example.com/api/v3"
+    assert settings.github_api_version == GHES_API_VERSION
+    assert settings.github_web_url == "https://ghe.example.com"
+
+
+@pytest.mark.parametrize(
+    ("changes", "variable"),
+    [
+        ({"GITHUB_APP_ID": ""}, "GITHUB_APP_ID"),
+        ({"GITHUB_APP_ID": "abc"}, "GITHUB_APP_ID"),
+        ({"GITHUB_APP_ID": "-3"}, "GITHUB_APP_ID"),
+        ({"GITHUB_PRIVATE_KEY": ""}, "GITHUB_PRIVATE_KEY"),
+        ({"GITHUB_PRIVATE_KEY": "not a pem"}, "GITHUB_PRIVATE_KEY"),
+        ({"GITHUB_PRIVATE_KEY": "", "GITHUB_PRIVATE_KEY_PATH": "/nonexistent/key.pem"}, "GITHUB_PRIVATE_KEY_PATH"),
+        ({"GITHUB_WEBHOOK_SECRET": " "}, "GITHUB_WEBHOOK_SECRET"),
+        ({"GITHUB_API_URL": "ftp://x"}, "GITHUB_API_URL"),
+        ({"STACKSONA_GATE_URL": ""}, "STACKSONA_GATE_URL"),
+        ({"STACKSONA_GATE_URL": "gate.stacksona.cloud"}, "STACKSONA_GATE_URL"),
+        ({"STACKSONA_API_KEY": ""}, "STACKSONA_API_KEY"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"PORT": "http"}, "PORT"),
+        ({"GATE_DEADLINE": "soon"}, "GATE_DEADLINE"),
+        ({"GATE_DEADLINE": "0d"}, "GATE_DEADLINE"),
+        ({"STACKSONA_REQUIRE_APPROVAL_TOKEN": "maybe"}, "STACKSONA_REQUIRE_APPROVAL_TOKEN"),
+        ({"STACKSONA_ENVIRONMENTS": "{"}, "STACKSONA_ENVIRONMENTS"),
+        ({"STACKSONA_ENVIRONMENTS": '{"prod": {"risk_level": "extreme"}}'}, "STACKSONA_ENVIRONMENTS"),
+        ({"STACKSONA_ENVIRONMENTS": '{"prod": {"colour": "red"}}'}, "STACKSONA_ENVIRONMENTS"),
+        ({"STACKSONA_DECISION_URL": "https://x/{thread}"}, "STACKSONA_DECISION_URL"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ],
+)
+def test_bad_settings_name_the_variable(base_env: dict[str, str], changes: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load(base_env | changes)
+    assert info.value.variable == variable
+    assert str(info.value).startswith(variable + ":")
+
+
+def test_secrets_never_show_in_reprs_or_errors(base_env: dict[str, str]) -> None:
+    settings = load(base_env | {"STACKSONA_WEBHOOK_TOKEN": "cbtoken-123"})
+    shown = repr(settings) + str(settings)
+    for secret in ("whsec-test", "sg_test_key", "cbtoken-123", "PRIVATE KEY"):
+        assert secret not in shown
+    with pytest.raises(SettingsError) as info:
+        load(base_env | {"GITHUB_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----\nsecretstuff\n"})
+    assert "secretstuff" not in str(info.value)
+
+
+def test_private_key_with_literal_newlines_and_from_path(base_env: dict[str, str], private_pem: str, tmp_path: Path) -> None:
+    one_line = private_pem.replace("\n", "\\n")
+    assert load(base_env | {"GITHUB_PRIVATE_KEY": one_line}).github_private_key.reveal().strip() == private_pem.strip()
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(private_pem)
+    env = base_env | {"GITHUB_PRIVATE_KEY": "", "GITHUB_PRIVATE_KEY_PATH": str(key_file)}
+    assert "BEGIN PRIVATE KEY" in load(env).github_private_key.reveal()
+
+
+def test_dotenv_is_read_and_real_environment_wins(base_env: dict[str, str], tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text('# comment\nexport PORT=9001\nGATE_DEADLINE="12h"\nSTACKSONA_API_KEY=from-file\n')
+    settings = load_settings(base_env, dotenv=dotenv)
+    assert settings.port == 9001
+    assert settings.gate_deadline_seconds == 12 * 3600
+    assert settings.stacksona_api_key.reveal() == "sg_test_key"
+
+
+def test_environment_rules(base_env: dict[str, str]) -> None:
+    rules = '{"production": {"tool_name": "ship_it", "risk_level": "critical"}, "dev": {"risk_level": "low"}}'
+    settings = load(base_env | {"STACKSONA_ENVIRONMENTS": rules})
+    assert settings.environment_rules["production"].tool_name == "ship_it"
+    assert settings.environment_rules["dev"].risk_level == "low"
+
+
+def test_heroku_style_postgres_url(base_env: dict[str, str]) -> None:
+    settings = load(base_env | {"DATABASE_URL": "postgres://u@h/db"})
+    assert settings.database_url == "postgresql://u@h/db"

@@ -1,0 +1,468 @@
+"""The GitHub and Stacksona simulators, exercised through real HTTP on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import parse_qs
+from wsgiref.types import StartResponse, WSGIEnvironment
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from app.simulators._server import LoopbackServer
+from app.simulators.github import GitHubSimulator, webhook_signature
+from app.simulators.stacksona import StacksonaSimulator
+
+APP_ID = 4242
+API_KEY = "sg_test_key"
+RUN: dict[str, Any] = {"owner": "acme", "repo": "shop", "run_id": 77, "environment": "production"}
+
+
+def _pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@pytest.fixture(scope="module")
+def app_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def other_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def github(app_key: rsa.RSAPrivateKey) -> Iterator[GitHubSimulator]:
+    public = app_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with GitHubSimulator(app_id=APP_ID, public_key_pem=public) as sim:
+        yield sim
+
+
+@pytest.fixture
+def stacksona() -> Iterator[StacksonaSimulator]:
+    with StacksonaSimulator(api_key=API_KEY) as sim:
+        yield sim
+
+
+class Recorder:
+    """A WSGI app that records what it receives and answers 200."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[dict[str, str], str, bytes]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: WSGIEnvironment, start: StartResponse) -> Iterable[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length)
+        headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k[:5] == "HTTP_"}
+        headers["content-type"] = environ.get("CONTENT_TYPE", "")
+        with self._lock:
+            self.calls.append((headers, environ.get("QUERY_STRING", ""), body))
+        start("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[Recorder, str]]:
+    recorder = Recorder()
+    with LoopbackServer(recorder) as server:
+        yield recorder, server.base_url + "/hook"
+
+
+def make_jwt(key: rsa.RSAPrivateKey, *, lifetime: int = 600, iss: str = str(APP_ID)) -> str:
+    now = int(time.time())
+    claims = {"iat": now - 60, "exp": now - 60 + lifetime, "iss": iss}
+    return jwt.encode(claims, key, algorithm="RS256")
+
+
+def get_token(github: GitHubSimulator, key: rsa.RSAPrivateKey, installation_id: int = 1) -> str:
+    response = httpx.post(
+        f"{github.url}/app/installations/{installation_id}/access_tokens",
+        headers={"Authorization": f"Bearer {make_jwt(key)}"},
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["token"])
+
+
+def review(github: GitHubSimulator, token: str, body: dict[str, Any]) -> httpx.Response:
+    url = f"{github.url}/repos/acme/shop/actions/runs/77/deployment_protection_rule"
+    headers = {"Authorization": f"token {token}", "X-GitHub-Api-Version": "2022-11-28"}
+    return httpx.post(url, json=body, headers=headers)
+
+
+# --- GitHub: App authentication ---------------------------------------------------------
+
+
+def test_valid_jwt_gets_an_installation_token(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+    response = httpx.post(
+        f"{github.url}/app/installations/9/access_tokens",
+        headers={"Authorization": f"Bearer {make_jwt(app_key)}"},
+    )
+    assert response.status_code == 201
+    data = response.json()
+    assert data["token"].startswith("ghs_")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["expires_at"])
+    assert data["permissions"] == {"actions": "read", "deployments": "write", "metadata": "read"}
+    assert github.token_requests == [9]
+
+
+def test_token_lengths_vary(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+    lengths = {len(get_token(github, app_key)) for _ in range(12)}
+    assert len(lengths) > 1
+
+
+@pytest.mark.parametrize(
+    "make_header",
+    [
+        pytest.param(lambda key, other: "", id="missing"),
+        pytest.param(lambda key, other: f"Bearer {make_jwt(other)}", id="wrong-key"),
+        pytest.param(lambda key, other: f"Bearer {make_jwt(key, lifetime=700)}", id="too-long"),
+        pytest.param(lambda key, other: f"Bearer {make_jwt(key, lifetime=30)}", id="expired"),
+        pytest.param(lambda key, other: f"Bearer {make_jwt(key, iss='1')}", id="wrong-issuer"),
+        pytest.param(
+            lambda key, other: "Bearer " + jwt.encode({"iss": str(APP_ID)}, key, algorithm="RS256"),
+            id="no-exp",
+        ),
+        pytest.param(
+            lambda key, other: "Bearer " + jwt.encode({"iat": 1, "exp": 2, "iss": "4242"}, "x" * 32, algorithm="HS256"),
+            id="hs256",
+        ),
+    ],
+)
+def test_bad_jwt_is_refused(
+    github: GitHubSimulator,
+    app_key: rsa.RSAPrivateKey,
+    other_key: rsa.RSAPrivateKey,
+    make_header: Any,
+) -> None:
+    header = make_header(app_key, other_key)
+    response = httpx.post(f"{github.url}/app/installations/1/access_tokens", headers={"Authorization": header})
+    assert response.status_code == 401
+    assert response.json()["message"] == "A JSON web token could not be decoded"
+    assert github.token_requests == [1]
+
+
+# --- GitHub: reviews ---------------------------------------------------------------------
+
+
+def test_approval_is_accepted_once_and_recorded(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+    github.open_deployment(**RUN)
+    token = get_token(github, app_key)
+    body = {"environment_name": "production", "state": "approved", "comment": "ok"}
+    assert review(github, token, body).status_code == 204
+    assert not github.is_pending(**RUN)
+    second = review(github, token, body)
+    assert second.status_code == 422
+    assert "No pending deployment" in second.json()["message"]
+    [final] = github.final_reviews(owner="acme", repo="shop", run_id=77)
+    assert final.body == body
+    assert final.authorization == f"token {token}"
+    assert final.api_version == "2022-11-28"
+    assert json.loads(final.raw_body) == body
+    assert [r.status for r in github.reviews] == [204, 422]
+    assert token not in repr(final)
+
+
+def test_status_reports_are_limited_to_ten(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+    github.open_deployment(**RUN)
+    token = get_token(github, app_key)
+    body = {"environment_name": "production", "comment": "waiting for review"}
+    statuses = [review(github, token, body).status_code for _ in range(11)]
+    assert statuses == [204] * 10 + [422]
+    assert len(github.status_reports()) == 10
+    assert github.final_reviews() == []
+    assert github.is_pending(**RUN)
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"environment_name": "production", "state": "approved", "comment": "x" * 1025}, 422),
+        ({"environment_name": "production", "state": "maybe"}, 422),
+        ({"environment_name": "", "state": "approved"}, 422),
+        ({"environment_name": "staging", "state": "approved"}, 422),
+    ],
+)
+def test_invalid_reviews_are_refused(
+    github: GitHubSimulator, app_key: rsa.RSAPrivateKey, body: dict[str, Any], status: int
+) -> None:
+    github.open_deployment(**RUN)
+    assert review(github, get_token(github, app_key), body).status_code == status
+    assert github.is_pending(**RUN)
+
+
+def test_unknown_or_revoked_token_is_bad_credentials(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+    github.open_deployment(**RUN)
+    body = {"environment_name": "production", "state": "approved"}
+    assert review(github, "ghs_made_up", body).json()["message"] == "Bad credentials"
+    token = get_token(github, app_key)
+    github.revoke_tokens()
+    assert review(github, token, body).status_code == 401
+    assert github.is_pending(**RUN)
+
+
+def test_token_of_another_installation_cannot_review(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+    github.open_deployment(**RUN, installation_id=5)
+    token = get_token(github, app_key, installation_id=6)
+    body = {"environment_name": "production", "state": "approved"}
+    assert review(github, token, body).status_code == 404
+
+
+def test_cancelled_run_has_nothing_pending(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+    github.open_deployment(**RUN)
+    github.cancel_run("acme", "shop", 77)
+    body = {"environment_name": "production", "state": "rejected"}
+    assert review(github, get_token(github, app_key), body).status_code == 422
+
+
+def test_fail_next_answers_scripted_errors_then_recovers(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+    github.open_deployment(**RUN)
+    token = get_token(github, app_key)
+    github.fail_next("review", 503, times=2, headers={"Retry-After": "3"})
+    body = {"environment_name": "production", "state": "approved"}
+    first = review(github, token, body)
+    assert first.status_code == 503
+    assert first.headers["Retry-After"] == "3"
+    assert "message" in first.json()
+    assert review(github, token, body).status_code == 503
+    assert review(github, token, body).status_code == 204
+    assert [r.status for r in github.reviews] == [503, 503, 204]
+
+
+def test_delay_makes_a_client_time_out(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+    github.set_delay("token", 0.5)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{github.url}/app/installations/1/access_tokens", timeout=0.1)
+
+
+def test_unknown_routes_are_404(github: GitHubSimulator) -> None:
+    response = httpx.get(f"{github.url}/app/installations/1/access_tokens")
+    assert response.status_code == 404
+    assert response.json()["message"] == "Not Found"
+
+
+def test_webhook_payload_points_back_at_the_simulator(github: GitHubSimulator) -> None:
+    payload = github.open_deployment(**RUN, pull_requests=[12], deployment=None)
+    assert payload["deployment_callback_url"] == (
+        f"{github.url}/repos/acme/shop/actions/runs/77/deployment_protection_rule"
+    )
+    assert payload["deployment"] is None
+    assert payload["pull_requests"][0]["number"] == 12
+    assert payload["repository"]["full_name"] == "acme/shop"
+    assert payload["installation"] == {"id": 1, "node_id": "MDIz1"}
+    default = github.open_deployment(**RUN)["deployment"]
+    assert default["environment"] == "production"
+    assert default["task"] == "deploy"
+
+
+def test_ghes_prefix_routes_everything_under_api_v3(app_key: rsa.RSAPrivateKey) -> None:
+    with GitHubSimulator(app_id=APP_ID, public_key_pem=_public_pem(app_key), path_prefix="/api/v3") as ghes:
+        assert ghes.url.endswith("/api/v3")
+        payload = ghes.open_deployment(**RUN)
+        assert payload["deployment_callback_url"].startswith(f"{ghes.url}/repos/acme/shop/")
+        token = get_token(ghes, app_key)
+        body = {"environment_name": "production", "state": "approved"}
+        assert review(ghes, token, body).status_code == 204
+        bare = ghes.url.removesuffix("/api/v3")
+        assert httpx.post(f"{bare}/app/installations/1/access_tokens").status_code == 404
+        newer = httpx.post(
+            f"{ghes.url}/app/installations/1/access_tokens",
+            headers={"X-GitHub-Api-Version": "2026-03-10"},
+        )
+        assert newer.status_code == 400
+
+
+def _public_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_signature_matches_design_test_vector() -> None:
+    expected = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    assert webhook_signature("It's a Secret to Everybody", b"Hello, World!") == expected
+
+
+def test_deliver_signs_the_raw_body(github: GitHubSimulator, receiver: tuple[Recorder, str]) -> None:
+    recorder, url = receiver
+    payload = github.open_deployment(**RUN, sender="zoë")
+    response = github.deliver(url, payload, secret="s3cret", delivery_id="d-1")
+    assert response.status_code == 200
+    [(headers, _, body)] = recorder.calls
+    digest = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert headers["x-hub-signature-256"] == f"sha256={digest}"
+    assert headers["x-github-event"] == "deployment_protection_rule"
+    assert headers["x-github-delivery"] == "d-1"
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == payload
+
+
+# --- Stacksona ---------------------------------------------------------------------------
+
+
+def request_body(environment: str = "production", **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "workflow_name": "Deploy gate",
+        "task_label": "Deploy acme/shop to production",
+        "tool_name": "deploy_production",
+        "subject": "acme/shop@main",
+        "preview": "Deploy 9fceb02",
+        "risk_level": "high",
+        "summary": ["run 77"],
+        "payload": {"repository": "acme/shop", "environment": environment, "pull_requests": [1]},
+    }
+    return body | overrides
+
+
+def create(sim: StacksonaSimulator, task_id: str, body: dict[str, Any], *, key: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return httpx.post(f"{sim.url}/api/agent/tasks/{task_id}/requests", json=body, headers=headers)
+
+
+def call(sim: StacksonaSimulator, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    return httpx.request(method, f"{sim.url}{path}", headers=headers, **kwargs)
+
+
+def test_create_then_replay_never_makes_a_second_decision(stacksona: StacksonaSimulator) -> None:
+    first = create(stacksona, "gate-1", request_body(), key="k-1")
+    assert first.status_code == 201
+    assert first.json()["status"] == "pending_review"
+    thread_id = first.json()["thread_id"]
+    by_key = create(stacksona, "gate-other", request_body(), key="k-1")
+    by_task = create(stacksona, "gate-1", request_body())
+    assert (by_key.status_code, by_task.status_code) == (200, 200)
+    assert by_key.json()["thread_id"] == by_task.json()["thread_id"] == thread_id
+    assert stacksona.replays == 2
+    assert [r.thread_id for r in stacksona.requests] == [thread_id]
+    assert stacksona.requests[0].idempotency_key == "k-1"
+    assert stacksona.pending_threads() == [thread_id]
+
+
+def test_concurrent_duplicates_create_one_decision(stacksona: StacksonaSimulator) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda _: create(stacksona, "gate-c", request_body(), key="k"), range(8)))
+    assert sorted(r.status_code for r in responses) == [200] * 7 + [201]
+    assert len(stacksona.requests) == 1
+
+
+def test_scripted_environments_answer_at_once(stacksona: StacksonaSimulator) -> None:
+    stacksona.script("staging", "allow", message="low risk")
+    stacksona.script("qa", "escalated")
+    allowed = create(stacksona, "gate-s", request_body("staging")).json()
+    assert (allowed["status"], allowed["message"]) == ("allow", "low risk")
+    assert create(stacksona, "gate-q", request_body("qa")).json()["status"] == "escalated"
+    assert stacksona.pending_threads() == []
+
+
+def test_poll_by_thread_or_task(stacksona: StacksonaSimulator) -> None:
+    thread_id = create(stacksona, "gate-p", request_body()).json()["thread_id"]
+    by_thread = call(stacksona, "GET", "/api/agent/decisions", params={"thread_id": thread_id})
+    by_task = call(stacksona, "GET", "/api/agent/decisions", params={"task_id": "gate-p"})
+    assert by_thread.json() == by_task.json()
+    assert by_task.json()["status"] == "pending_review"
+    assert stacksona.thread_for_task("gate-p") == thread_id
+    unknown = call(stacksona, "GET", "/api/agent/decisions", params={"task_id": "nope"})
+    assert unknown.status_code == 404
+    assert call(stacksona, "GET", "/api/agent/decisions").status_code == 400
+    stacksona.set_poll_status(thread_id, "escalated")
+    polled = call(stacksona, "GET", "/api/agent/decisions", params={"thread_id": thread_id})
+    assert polled.json()["status"] == "escalated"
+
+
+def test_decision_calls_back_and_token_validates_once(
+    stacksona: StacksonaSimulator, receiver: tuple[Recorder, str]
+) -> None:
+    recorder, url = receiver
+    stacksona.callback_url = url
+    thread_id = create(stacksona, "gate-d", request_body()).json()["thread_id"]
+    stacksona.decide(thread_id, "approved", message="ship it", callback_token="cb-tok")
+    [(_, query, body)] = recorder.calls
+    assert parse_qs(query) == {"token": ["cb-tok"]}
+    notice = json.loads(body)
+    assert notice["thread_id"] == thread_id
+    assert (notice["task_id"], notice["decision"], notice["message"]) == (
+        "gate-d",
+        "approved",
+        "ship it",
+    )
+    assert notice["workflow_name"] == "Deploy gate"
+    polled = call(stacksona, "GET", "/api/agent/decisions", params={"task_id": "gate-d"}).json()
+    assert polled["status"] == "approved"
+    assert "decided_at" in polled
+    token = polled["approval_token"]
+    assert token.startswith("sat_")
+    validate = {"task_id": "gate-d", "signature": token}
+    wrong = call(stacksona, "POST", "/api/agent/approvals/validate", json=validate | {"signature": "sat_x"})
+    assert wrong.json()["valid"] is False
+    first = call(stacksona, "POST", "/api/agent/approvals/validate", json=validate)
+    assert first.json() == {"valid": True, "task_id": "gate-d"}
+    again = call(stacksona, "POST", "/api/agent/approvals/validate", json=validate)
+    assert again.json()["valid"] is False
+    assert [v[2] for v in stacksona.validations] == [False, True, False]
+    with pytest.raises(ValueError, match="already approved"):
+        stacksona.decide(thread_id, "rejected")
+
+
+def test_unsigned_agents_issue_no_token_and_callback_errors_are_recorded() -> None:
+    with StacksonaSimulator(api_key=API_KEY, signed_tokens=False) as sim:
+        dead = LoopbackServer(Recorder()).start()
+        sim.callback_url = dead.base_url + "/hook"
+        dead.stop()
+        thread_id = create(sim, "gate-u", request_body()).json()["thread_id"]
+        sim.decide(thread_id, "approved", callback_token="secret-cb")
+        polled = call(sim, "GET", "/api/agent/decisions", params={"thread_id": thread_id}).json()
+        assert "approval_token" not in polled
+        [error] = sim.callback_errors
+        assert "ConnectError" in error
+        assert "secret-cb" not in error
+
+
+def test_auth_pause_and_payload_shape(stacksona: StacksonaSimulator) -> None:
+    bad_key = httpx.post(
+        f"{stacksona.url}/api/agent/tasks/t/requests",
+        json=request_body(),
+        headers={"Authorization": "Bearer sg_wrong"},
+    )
+    assert (bad_key.status_code, bad_key.json()) == (401, {"error": "invalid api key"})
+    nested = request_body(payload={"repository": {"name": "shop"}})
+    assert create(stacksona, "t1", nested).status_code == 422
+    assert create(stacksona, "t2", request_body(risk_level="extreme")).status_code == 422
+    assert create(stacksona, "t3", request_body(subject="")).status_code == 422
+    stacksona.paused = True
+    paused = create(stacksona, "t4", request_body())
+    assert (paused.status_code, paused.json()) == (403, {"error": "agent paused"})
+    assert stacksona.requests == []
+
+
+def test_stacksona_faults_and_events(stacksona: StacksonaSimulator) -> None:
+    stacksona.fail_next("create", 502, body="<html>bad gateway</html>")
+    stacksona.fail_next("poll", 429, headers={"Retry-After": "1"}, body={"error": "slow down"})
+    failed = create(stacksona, "gate-f", request_body())
+    assert (failed.status_code, failed.text) == (502, "<html>bad gateway</html>")
+    assert stacksona.requests == []
+    assert create(stacksona, "gate-f", request_body()).status_code == 201
+    throttled = call(stacksona, "GET", "/api/agent/decisions", params={"task_id": "gate-f"})
+    assert (throttled.status_code, throttled.headers["Retry-After"]) == (429, "1")
+    event = {"event_type": "status_reported", "event_summary": "told GitHub", "payload": {}}
+    added = call(stacksona, "POST", "/api/agent/tasks/gate-f/events", json=event)
+    assert (added.status_code, added.json()) == (201, {"ok": True})
+    assert stacksona.events == [("gate-f", event)]
