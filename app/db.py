@@ -74,6 +74,7 @@ gates = Table(
     Column("last_error", Text, nullable=True),
     Index("ix_gates_due", "state", "next_attempt_at"),
     Index("ix_gates_thread_id", "thread_id"),
+    Index("ix_gates_run", "repository_id", "run_id", "environment"),
 )
 
 gate_history = Table(
@@ -92,6 +93,9 @@ deliveries = Table(
     metadata,
     Column("delivery_id", String(100), primary_key=True),
     Column("gate_id", Integer, ForeignKey("gates.id"), nullable=False, index=True),
+    # Lets a late duplicate of an already answered deployment be told apart
+    # from a re-run, which keeps the run id but creates new deployments.
+    Column("deployment_id", BigInteger, nullable=True),
     Column("received_at", Float, nullable=False),
 )
 

@@ -62,6 +62,9 @@ class Settings:
     gate_deadline_seconds: float = 7 * 86400.0
     poll_max_interval_seconds: float = 300.0
     worker_concurrency: int = 4
+    # Longer than the worst step (three calls with 10 s timeouts plus a token
+    # mint), so a live worker never loses its lease mid-step.
+    worker_lease_seconds: float = 120.0
     max_webhook_bytes: int = 1024 * 1024
     log_level: str = "INFO"
 
@@ -120,6 +123,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         gate_deadline_seconds=_duration(env, "GATE_DEADLINE", 7 * 86400.0),
         poll_max_interval_seconds=_duration(env, "STACKSONA_POLL_MAX_INTERVAL", 300.0),
         worker_concurrency=_positive_int(env, "WORKER_CONCURRENCY", 4),
+        worker_lease_seconds=_duration(env, "WORKER_LEASE", 120.0),
         max_webhook_bytes=_positive_int(env, "MAX_WEBHOOK_BYTES", 1024 * 1024),
         log_level=_log_level(env),
     )

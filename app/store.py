@@ -121,13 +121,21 @@ class GateStore:
             return gate_id, AcceptOutcome.DUPLICATE
         key = open_key(request)
         row = conn.execute(select(gates.c.id, gates.c.state).where(gates.c.open_key == key)).first()
-        if row is None:
-            gate_id, outcome = self._insert_gate(conn, request, key, now + deadline), AcceptOutcome.CREATED
-            _record(conn, gate_id, now, None, "new", f"delivery {delivery_id} opened the gate")
-        else:
+        if row is not None:
             gate_id, outcome = row.id, AcceptOutcome.JOINED
             _record(conn, gate_id, now, row.state, row.state, f"delivery {delivery_id} joined the gate")
-        conn.execute(insert(deliveries).values(delivery_id=delivery_id, gate_id=gate_id, received_at=now))
+        elif (answered := _answered_gate(conn, request)) is not None:
+            gate_id, outcome = answered.id, AcceptOutcome.DUPLICATE
+            reason = f"delivery {delivery_id} repeats deployment {request.deployment_id}, already answered; ignored"
+            _record(conn, gate_id, now, answered.state, answered.state, reason)
+        else:
+            gate_id, outcome = self._insert_gate(conn, request, key, now + deadline), AcceptOutcome.CREATED
+            _record(conn, gate_id, now, None, "new", f"delivery {delivery_id} opened the gate")
+        conn.execute(
+            insert(deliveries).values(
+                delivery_id=delivery_id, gate_id=gate_id, deployment_id=request.deployment_id, received_at=now
+            )
+        )
         return gate_id, outcome
 
     def _insert_gate(self, conn: Connection, request: DeploymentRequest, key: str, deadline_at: float) -> int:
@@ -274,6 +282,20 @@ def _request_columns(request: DeploymentRequest) -> dict[str, Any]:
         "pull_requests": json.dumps(list(request.pull_requests)),
         "deployment_id": request.deployment_id,
     }
+
+
+def _answered_gate(conn: Connection, request: DeploymentRequest) -> Any:
+    """A closed gate that already answered this very deployment, if any."""
+    if request.deployment_id is None:
+        return None
+    query = (
+        select(gates.c.id, gates.c.state)
+        .join(deliveries, deliveries.c.gate_id == gates.c.id)
+        .where(gates.c.repository_id == request.repository_id, gates.c.run_id == request.run_id)
+        .where(gates.c.environment == request.environment, deliveries.c.deployment_id == request.deployment_id)
+        .limit(1)
+    )
+    return conn.execute(query).first()
 
 
 def _record(conn: Connection, gate_id: int, at: float, before: str | None, after: str, reason: str) -> None:

@@ -16,9 +16,6 @@ from app.store import FINAL_STATES, Change, Gate, GateStore
 
 log = logging.getLogger(__name__)
 
-# Longer than the worst step (three calls with 10 s timeouts plus a token
-# mint), so a live worker never loses its lease mid-step.
-LEASE_SECONDS = 120.0
 IDLE_SECONDS = 0.5
 
 
@@ -40,6 +37,7 @@ class Worker:
         self._owner = owner or worker_id()
         self._idle_seconds = idle_seconds
         self._concurrency = services.settings.worker_concurrency
+        self._lease_seconds = services.settings.worker_lease_seconds
         self.wakeup = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
@@ -58,7 +56,7 @@ class Worker:
 
     def _run_batch(self, pool: ThreadPoolExecutor) -> int:
         try:
-            gates = self._store.claim_due(self._owner, limit=self._concurrency * 2, lease_seconds=LEASE_SECONDS)
+            gates = self._store.claim_due(self._owner, limit=self._concurrency * 2, lease_seconds=self._lease_seconds)
         except Exception:
             log.exception("cannot claim gates (database unavailable?)")
             return 0

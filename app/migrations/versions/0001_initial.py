@@ -54,6 +54,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_gates_due", "gates", ["state", "next_attempt_at"])
     op.create_index("ix_gates_thread_id", "gates", ["thread_id"])
+    op.create_index("ix_gates_run", "gates", ["repository_id", "run_id", "environment"])
     op.create_table(
         "gate_history",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -68,6 +69,7 @@ def upgrade() -> None:
         "deliveries",
         sa.Column("delivery_id", sa.String(100), primary_key=True),
         sa.Column("gate_id", sa.Integer, sa.ForeignKey("gates.id"), nullable=False),
+        sa.Column("deployment_id", sa.BigInteger, nullable=True),
         sa.Column("received_at", sa.Float, nullable=False),
     )
     op.create_index("ix_deliveries_gate_id", "deliveries", ["gate_id"])

@@ -1,0 +1,315 @@
+"""The gate lifecycle end to end: real HTTP between the App and both simulators."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.world import OWNER, REPO, World, running_world
+
+
+@pytest.fixture
+def world(tmp_path: Path, private_pem: str, public_pem: bytes) -> Iterator[World]:
+    with running_world(tmp_path, private_pem, public_pem) as w:
+        yield w
+
+
+def test_allow_approves_with_the_exact_review_body(world: World) -> None:
+    world.stacksona.script("api", "allow", message="auto-approved by policy")
+    gate_id = world.deploy("api")
+    world.settle()
+    [review] = world.github.final_reviews(run_id=42)
+    assert set(review.body) == {"environment_name", "state", "comment"}
+    assert review.body["environment_name"] == "api"
+    assert review.body["state"] == "approved"
+    assert "auto-approved by policy" in review.body["comment"]
+    assert world.gate(gate_id).state == "approved"
+    assert world.github.status_reports() == []
+
+
+def test_reject_rejects(world: World) -> None:
+    world.stacksona.script("qa", "reject", message="frozen")
+    gate_id = world.deploy("qa")
+    world.settle()
+    assert world.final_states() == ["rejected"]
+    assert world.gate(gate_id).state == "rejected"
+
+
+def test_pending_then_approved_validates_the_token_once(world: World) -> None:
+    gate_id = world.deploy("production")
+    world.settle()
+    assert world.gate(gate_id).state == "awaiting_review"
+    [report] = world.github.status_reports(run_id=42)
+    assert "state" not in report.body and "Stacksona reviewer" in report.body["comment"]
+    assert world.final_states() == []
+
+    thread_id = world.stacksona.thread_for_task(world.gate(gate_id).task_id)
+    assert thread_id is not None
+    world.stacksona.decide(thread_id, "approved", message="go ahead")  # callback wakes the gate now
+    world.settle()
+
+    assert world.final_states() == ["approved"]
+    assert "go ahead" in world.github.final_reviews()[0].body["comment"]
+    assert [valid for (_task, _sig, valid) in world.stacksona.validations] == [True]
+    assert world.gate(gate_id).state == "approved"
+
+
+def test_pending_then_rejected(world: World) -> None:
+    gate_id = world.deploy("staging")
+    world.settle()
+    world.stacksona.decide(world.stacksona.pending_threads()[0], "rejected", message="not now")
+    world.settle()
+    assert world.final_states() == ["rejected"]
+    assert "not now" in world.github.final_reviews()[0].body["comment"]
+    assert world.stacksona.validations == []
+    assert world.gate(gate_id).state == "rejected"
+
+
+def test_unknown_status_rejects_with_the_reason(world: World) -> None:
+    world.stacksona.script("sandbox", "escalated")
+    world.deploy("sandbox")
+    world.settle()
+    [review] = world.github.final_reviews()
+    assert review.body["state"] == "rejected"
+    assert "unknown status 'escalated'" in review.body["comment"]
+
+
+def test_unknown_status_on_poll_rejects(world: World) -> None:
+    world.deploy("production")
+    world.settle()
+    world.stacksona.set_poll_status(world.stacksona.pending_threads()[0], "on_hold")
+    world.later(10)
+    assert world.final_states() == ["rejected"]
+    assert "unknown status 'on_hold'" in world.github.final_reviews()[0].body["comment"]
+
+
+def test_stacksona_5xx_then_success(world: World) -> None:
+    world.stacksona.script("api", "allow")
+    world.stacksona.fail_next("create", 503, times=2)
+    gate_id = world.deploy("api")
+    world.settle()
+    assert world.gate(gate_id).attempts == 1 and world.final_states() == []
+    world.later(5)
+    assert world.gate(gate_id).attempts == 2
+    world.later(5)
+    assert world.final_states() == ["approved"]
+    assert len(world.stacksona.requests) == 1
+    reasons = [h.reason for h in world.history(gate_id)]
+    assert any("HTTP 503" in r and "retry 1" in r for r in reasons)
+
+
+def test_stacksona_retry_after_is_honoured(world: World) -> None:
+    world.stacksona.script("api", "allow")
+    world.stacksona.fail_next("create", 429, headers={"Retry-After": "120"})
+    gate_id = world.deploy("api")
+    world.settle()
+    world.later(60)
+    assert world.final_states() == [] and world.gate(gate_id).state == "new"
+    world.later(61)
+    assert world.final_states() == ["approved"]
+
+
+def test_github_5xx_then_success_answers_exactly_once(world: World) -> None:
+    world.stacksona.script("api", "allow")
+    world.github.fail_next("review", 502, times=3)
+    gate_id = world.deploy("api")
+    world.settle()
+    assert world.gate(gate_id).state == "reporting"
+    for _ in range(4):
+        world.later(30)
+    assert world.final_states() == ["approved"]
+    assert [r.status for r in world.github.reviews] == [502, 502, 502, 204]
+    assert world.gate(gate_id).state == "approved"
+
+
+def test_github_token_failure_is_retried(world: World) -> None:
+    world.stacksona.script("api", "allow")
+    world.github.fail_next("token", 500)
+    world.deploy("api")
+    world.settle()
+    assert world.final_states() == []
+    world.later(5)
+    assert world.final_states() == ["approved"]
+
+
+def test_revoked_token_is_replaced(world: World) -> None:
+    world.stacksona.script("api", "allow")
+    world.stacksona.script("qa", "allow")
+    world.deploy("api", run_id=1)
+    world.settle()
+    world.github.revoke_tokens()
+    world.deploy("qa", run_id=2)
+    world.settle()
+    world.later(5)
+    assert world.final_states(run_id=2) == ["approved"]
+
+
+def test_duplicate_and_burst_deliveries_make_one_decision_and_one_review(world: World) -> None:
+    world.stacksona.script("api", "allow")
+    payload = world.open("api")
+    delivery_ids = [str(uuid.uuid4()) for _ in range(6)] * 2  # six distinct ids, each delivered twice
+    barrier = threading.Barrier(len(delivery_ids))
+    codes: list[int] = []
+
+    def send(delivery_id: str) -> None:
+        barrier.wait()
+        codes.append(world.deliver(payload, delivery_id=delivery_id).status_code)
+
+    threads = [threading.Thread(target=send, args=(d,)) for d in delivery_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [202] * len(delivery_ids)
+    assert len(world.store.list_gates()) == 1
+    world.settle()
+    late = world.deliver(payload)  # a late duplicate (new delivery id) after the decision
+    assert late.status_code == 202 and late.json()["outcome"] == "duplicate"
+    world.settle()
+    assert len(world.stacksona.requests) == 1
+    assert world.final_states() == ["approved"]
+    assert [g.state for g in world.store.list_gates()] == ["approved"]
+
+
+def test_rerun_of_a_decided_run_opens_a_new_gate(world: World) -> None:
+    world.stacksona.script("api", "allow")
+    world.deliver(world.open("api", deployment={"id": 1, "environment": "api"}))
+    world.settle()
+    rerun = world.deliver(world.open("api", deployment={"id": 2, "environment": "api"}))
+    assert rerun.json()["outcome"] == "created"
+    world.settle()
+    assert world.final_states() == ["approved", "approved"]
+    assert len(world.stacksona.requests) == 2
+
+
+def test_several_jobs_of_one_run_in_one_environment_share_a_gate(world: World) -> None:
+    world.stacksona.script("api", "allow")
+    first = world.deliver(world.open("api", deployment={"id": 1, "environment": "api"}))
+    second = world.deliver(world.open("api", deployment={"id": 2, "environment": "api"}))
+    assert first.json()["gate_id"] == second.json()["gate_id"]
+    assert second.json()["outcome"] == "joined"
+    world.settle()
+    assert world.final_states() == ["approved"]
+
+
+def test_deployment_null_payload(world: World) -> None:
+    world.stacksona.script("api", "allow")
+    gate_id = world.deploy("api", deployment=None)
+    world.settle()
+    assert world.final_states() == ["approved"]
+    assert world.gate(gate_id).deployment_id is None
+
+
+def test_the_webhook_makes_no_outbound_call(world: World) -> None:
+    world.stacksona.script("api", "allow")
+    world.deploy("api")
+    assert world.stacksona.requests == [] and world.github.reviews == [] and world.github.token_requests == []
+
+
+def test_forged_callback_never_approves(world: World) -> None:
+    gate_id = world.deploy("production")
+    world.settle()
+    gate = world.gate(gate_id)
+    forged = {"thread_id": gate.thread_id, "task_id": gate.task_id, "decision": "approved", "message": "trust me"}
+    response = httpx.post(world.app_url + "/webhooks/stacksona", json=forged)
+    assert response.status_code == 202
+    world.settle()
+    assert world.final_states() == []
+    assert world.gate(gate_id).state == "awaiting_review"
+    assert world.stacksona.validations == []
+
+
+def test_deadline_rejects_with_a_timeout_comment(world: World) -> None:
+    gate_id = world.deploy("production")
+    world.settle()
+    for _ in range(400):  # polls back off to the cap; the deadline is 7 days
+        world.later(3600)
+        if world.final_states():
+            break
+    [review] = world.github.final_reviews()
+    assert review.body["state"] == "rejected" and "timed out" in review.body["comment"]
+    gate = world.gate(gate_id)
+    assert gate.state == "rejected" and gate.closed_at is not None
+    assert gate.closed_at - gate.created_at == pytest.approx(7 * 86400, abs=3700)
+
+
+def test_cancelled_run_is_superseded_not_an_error(world: World) -> None:
+    world.stacksona.script("api", "allow")
+    world.stacksona.fail_next("create", 503)
+    gate_id = world.deploy("api")
+    world.settle()
+    world.github.cancel_run(OWNER, REPO, 42)
+    world.later(5)
+    assert world.gate(gate_id).state == "superseded"
+    assert world.github.final_reviews() == []
+    assert world.stacksona.events[-1][1]["event_type"] == "github_deployment_superseded"
+
+
+@pytest.mark.parametrize(
+    ("setup", "words"),
+    [
+        (lambda w: w.stacksona.fail_next("create", 401), "STACKSONA_API_KEY"),
+        (lambda w: setattr(w.stacksona, "paused", True), "paused"),
+    ],
+    ids=["401", "403-paused"],
+)
+def test_stacksona_auth_failures_reject_with_the_reason(world: World, setup: object, words: str) -> None:
+    setup(world)  # type: ignore[operator]
+    world.deploy("api")
+    world.settle()
+    [review] = world.github.final_reviews()
+    assert review.body["state"] == "rejected" and words in review.body["comment"]
+
+
+def test_final_outcome_is_added_to_the_stacksona_timeline(world: World) -> None:
+    world.stacksona.script("api", "allow")
+    gate_id = world.deploy("api")
+    world.settle()
+    [(task_id, body)] = world.stacksona.events
+    assert task_id == world.gate(gate_id).task_id
+    assert body["event_type"] == "github_deployment_approved"
+    assert body["payload"]["repository"] == "acme/shop"
+
+
+def test_history_records_every_transition(world: World) -> None:
+    gate_id = world.deploy("production")
+    world.settle()
+    world.stacksona.decide(world.stacksona.pending_threads()[0], "approved")
+    world.settle()
+    moves = [(h.from_state, h.to_state) for h in world.history(gate_id)]
+    assert moves == [
+        (None, "new"),
+        ("new", "awaiting_review"),
+        ("awaiting_review", "awaiting_review"),  # status report posted
+        ("awaiting_review", "reporting"),
+        ("reporting", "approved"),
+    ]
+
+
+def test_ghes_base_path_and_api_version(tmp_path: Path, private_pem: str, public_pem: bytes) -> None:
+    with running_world(
+        tmp_path, private_pem, public_pem, path_prefix="/api/v3", github_api_version="2022-11-28"
+    ) as world:
+        assert world.github.url.endswith("/api/v3")
+        world.stacksona.script("api", "allow")
+        world.deploy("api")
+        world.settle()
+        assert world.final_states() == ["approved"]
+        assert {r.api_version for r in world.github.reviews} == {"2022-11-28"}
+
+
+def test_token_required_but_missing_rejects(tmp_path: Path, private_pem: str, public_pem: bytes) -> None:
+    with running_world(
+        tmp_path, private_pem, public_pem, signed_tokens=False, stacksona_require_approval_token=True
+    ) as world:
+        world.deploy("production")
+        world.settle()
+        world.stacksona.decide(world.stacksona.pending_threads()[0], "approved")
+        world.settle()
+        [review] = world.github.final_reviews()
+        assert review.body["state"] == "rejected" and "approval token" in review.body["comment"]

@@ -1,0 +1,157 @@
+"""An end-to-end test world: the real App (HTTP + worker) against both simulators.
+
+Time in the App is a fake clock the test moves; everything else is real HTTP
+on loopback. The worker is driven step by step (`settle`) so tests are exact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.db import make_engine, migrate
+from app.github_client import GitHubClient
+from app.secret import Secret
+from app.settings import Settings
+from app.simulators._server import LoopbackServer
+from app.simulators.github import GitHubSimulator
+from app.simulators.stacksona import StacksonaSimulator
+from app.stacksona import StacksonaClient
+from app.steps import Services
+from app.store import OPEN_STATES, Gate, GateStore, HistoryEntry
+from app.web import create_app
+from app.worker import Worker
+
+OWNER, REPO = "acme", "shop"
+APP_ID = 4242
+API_KEY = "sg_test_api_key"
+WEBHOOK_SECRET = "test-webhook-secret"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class World:
+    github: GitHubSimulator
+    stacksona: StacksonaSimulator
+    store: GateStore
+    worker: Worker
+    settings: Settings
+    clock: FakeClock
+    app_url: str
+
+    @property
+    def webhook_url(self) -> str:
+        return self.app_url + "/webhooks/github"
+
+    def open(self, environment: str, run_id: int = 42, **kwargs: Any) -> dict[str, Any]:
+        return self.github.open_deployment(owner=OWNER, repo=REPO, run_id=run_id, environment=environment, **kwargs)
+
+    def deliver(self, payload: dict[str, Any], **kwargs: Any) -> httpx.Response:
+        return self.github.deliver(self.webhook_url, payload, secret=WEBHOOK_SECRET, **kwargs)
+
+    def deploy(self, environment: str, run_id: int = 42, **kwargs: Any) -> int:
+        response = self.deliver(self.open(environment, run_id, **kwargs))
+        assert response.status_code == 202, response.text
+        return int(response.json()["gate_id"])
+
+    def settle(self, max_rounds: int = 50) -> None:
+        """Run the worker until nothing is due at the current (fake) time."""
+        for _ in range(max_rounds):
+            if self.worker.run_once() == 0:
+                return
+        raise AssertionError("worker never settled")
+
+    def later(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.settle()
+
+    def gate(self, gate_id: int) -> Gate:
+        gate = self.store.get(gate_id)
+        assert gate is not None
+        return gate
+
+    def history(self, gate_id: int) -> list[HistoryEntry]:
+        return self.store.history(gate_id)
+
+    def open_gates(self) -> list[Gate]:
+        return self.store.list_gates(states=OPEN_STATES)
+
+    def final_states(self, run_id: int = 42) -> list[str | None]:
+        return [r.body.get("state") for r in self.github.final_reviews(run_id=run_id)]
+
+
+def make_settings(github_url: str, stacksona_url: str, private_pem: str, db: str, **overrides: Any) -> Settings:
+    settings = Settings(
+        github_app_id=APP_ID,
+        github_private_key=Secret(private_pem),
+        github_webhook_secret=Secret(WEBHOOK_SECRET),
+        stacksona_gate_url=stacksona_url,
+        stacksona_api_key=Secret(API_KEY),
+        github_api_url=github_url,
+        database_url=db,
+        poll_max_interval_seconds=60.0,
+        max_webhook_bytes=64 * 1024,
+    )
+    return replace(settings, **overrides)
+
+
+@contextmanager
+def running_world(
+    tmp_path: Path,
+    private_pem: str,
+    public_pem: bytes,
+    *,
+    path_prefix: str = "",
+    signed_tokens: bool = True,
+    **overrides: Any,
+) -> Iterator[World]:
+    clock = FakeClock()
+    with (
+        GitHubSimulator(app_id=APP_ID, public_key_pem=public_pem, path_prefix=path_prefix) as github,
+        StacksonaSimulator(api_key=API_KEY, signed_tokens=signed_tokens) as stacksona,
+    ):
+        db = f"sqlite:///{tmp_path / 'gates.db'}"
+        settings = make_settings(github.url, stacksona.url, private_pem, db, **overrides)
+        engine = make_engine(settings.database_url)
+        migrate(engine)
+        store = GateStore(engine, clock)
+        services = _services(settings, clock)
+        worker = Worker(store, services, owner="test-worker")
+        try:
+            with LoopbackServer(create_app(settings, store)) as server:
+                stacksona.callback_url = server.base_url + "/webhooks/stacksona"
+                yield World(github, stacksona, store, worker, settings, clock, server.base_url)
+        finally:
+            services.stacksona.close()
+            engine.dispose()
+
+
+def _services(settings: Settings, clock: FakeClock) -> Services:
+    return Services(
+        settings=settings,
+        stacksona=StacksonaClient(settings.stacksona_gate_url, settings.stacksona_api_key),
+        github=GitHubClient(
+            api_url=settings.github_api_url,
+            app_id=settings.github_app_id,
+            private_key=settings.github_private_key,
+            api_version=settings.github_api_version,
+        ),
+        clock=clock,
+        rand=lambda: 0.5,
+    )
