@@ -254,7 +254,7 @@ class GateStore:
     def count_by_state(self) -> dict[str, int]:
         query = select(gates.c.state, func.count()).group_by(gates.c.state)
         with self._engine.connect() as conn:
-            return {state: int(count) for state, count in conn.execute(query).tuples()}
+            return {state: int(count) for state, count in conn.execute(query)}
 
 
 def open_key(request: DeploymentRequest) -> str:

@@ -1,0 +1,193 @@
+"""The HTTP layer: every answer of /webhooks/github, /webhooks/stacksona and the probes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from app.db import make_engine, migrate
+from app.secret import Secret
+from app.signature import sign
+from app.store import GateStore
+from app.web import create_app
+from tests.test_payload import payload as deployment_payload
+from tests.world import WEBHOOK_SECRET, make_settings
+
+API = "https://api.github.com"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[GateStore]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'web.db'}")
+    migrate(engine)
+    yield GateStore(engine, time.time)
+    engine.dispose()
+
+
+def client_for(store: GateStore, private_pem: str, **overrides: Any) -> FlaskClient:
+    settings = make_settings(API, "https://gate.example", private_pem, "sqlite://", **overrides)
+    return create_app(settings, store).test_client()
+
+
+@pytest.fixture
+def client(store: GateStore, private_pem: str) -> FlaskClient:
+    return client_for(store, private_pem)
+
+
+def post_github(
+    client: FlaskClient, body: bytes | dict[str, Any], *, event: str = "deployment_protection_rule",
+    delivery: str | None = "d-1", signature: str | None = None,
+) -> Any:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"X-GitHub-Event": event, "X-Hub-Signature-256": signature or sign(WEBHOOK_SECRET, raw)}
+    if delivery is not None:
+        headers["X-GitHub-Delivery"] = delivery
+    return client.post("/webhooks/github", data=raw, headers=headers, content_type="application/json")
+
+
+def test_valid_delivery_is_stored_then_202(client: FlaskClient, store: GateStore) -> None:
+    response = post_github(client, deployment_payload())
+    assert response.status_code == 202
+    assert response.json == {"gate_id": 1, "outcome": "created"}
+    gate = store.get(1)
+    assert gate is not None and gate.state == "new" and gate.run_id == 42
+    assert store.delivery_ids(1) == ["d-1"]
+
+
+def test_same_delivery_twice_is_deduplicated(client: FlaskClient, store: GateStore) -> None:
+    post_github(client, deployment_payload())
+    again = post_github(client, deployment_payload())
+    assert again.status_code == 202 and again.json == {"gate_id": 1, "outcome": "duplicate"}
+    assert len(store.list_gates()) == 1
+
+
+@pytest.mark.parametrize(
+    "signature",
+    ["", "sha256=" + "0" * 64, "sha1=abc", sign("wrong secret", b"{}")],
+    ids=["empty", "zeros", "sha1", "wrong-secret"],
+)
+def test_bad_signature_is_401_and_stores_nothing(client: FlaskClient, store: GateStore, signature: str) -> None:
+    response = post_github(client, deployment_payload(), signature=signature or "x")
+    assert response.status_code == 401
+    assert "X-Hub-Signature-256" in response.json["error"]
+    assert store.list_gates() == []
+
+
+def test_missing_signature_header_is_401(client: FlaskClient) -> None:
+    body = json.dumps(deployment_payload()).encode()
+    response = client.post("/webhooks/github", data=body, headers={"X-GitHub-Event": "deployment_protection_rule"})
+    assert response.status_code == 401
+
+
+def test_ping_is_200(client: FlaskClient) -> None:
+    assert post_github(client, {"zen": "Keep it simple."}, event="ping").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("event", "body"),
+    [("push", {"ref": "x"}), ("deployment_protection_rule", deployment_payload(action="completed"))],
+    ids=["other-event", "other-action"],
+)
+def test_ignored_events_are_200(client: FlaskClient, store: GateStore, event: str, body: dict[str, Any]) -> None:
+    response = post_github(client, body, event=event)
+    assert response.status_code == 200 and response.json["outcome"] == "ignored"
+    assert store.list_gates() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"{not json", "JSON"),
+        (b"[1, 2]", "JSON object"),
+        (deployment_payload(deployment_callback_url="https://evil.example/repos/acme/shop/actions/runs/1/"
+                                                    "deployment_protection_rule"), "deployment_callback_url"),
+        (deployment_payload(deployment_callback_url=f"{API}/repos/acme/other/actions/runs/1/"
+                                                    "deployment_protection_rule"), "another repository"),
+        (deployment_payload(environment=None), "environment"),
+        (deployment_payload(installation=None), "installation"),
+    ],
+    ids=["not-json", "not-object", "foreign-host", "repo-mismatch", "no-environment", "no-installation"],
+)
+def test_malformed_deliveries_are_400_with_a_reason(
+    client: FlaskClient, store: GateStore, body: bytes | dict[str, Any], words: str
+) -> None:
+    response = post_github(client, body)
+    assert response.status_code == 400
+    assert words in response.json["error"]
+    assert store.list_gates() == []
+
+
+def test_missing_delivery_id_is_400(client: FlaskClient) -> None:
+    response = post_github(client, deployment_payload(), delivery=None)
+    assert response.status_code == 400 and "X-GitHub-Delivery" in response.json["error"]
+
+
+def test_too_large_is_413(client: FlaskClient, store: GateStore) -> None:
+    body = deployment_payload(padding="x" * 70 * 1024)
+    response = post_github(client, body)
+    assert response.status_code == 413
+    assert store.list_gates() == []
+
+
+def test_database_down_is_503_never_2xx(tmp_path: Path, private_pem: str) -> None:
+    broken = GateStore(make_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}"), time.time)
+    client = client_for(broken, private_pem)
+    response = post_github(client, deployment_payload())
+    assert response.status_code == 503 and "redeliver" in response.json["error"]
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+
+
+def test_stacksona_callback_unknown_thread_is_404(client: FlaskClient) -> None:
+    response = client.post("/webhooks/stacksona", json={"thread_id": "thr_nope", "decision": "approved"})
+    assert response.status_code == 404
+
+
+def test_stacksona_callback_needs_an_id(client: FlaskClient) -> None:
+    assert client.post("/webhooks/stacksona", json={"decision": "approved"}).status_code == 400
+    assert client.post("/webhooks/stacksona", data=b"nope").status_code == 400
+
+
+def test_stacksona_callback_token(store: GateStore, private_pem: str) -> None:
+    client = client_for(store, private_pem, stacksona_webhook_token=Secret("cb-token"))
+    post_github(client, deployment_payload())
+    task_id = store.get(1).task_id  # type: ignore[union-attr]
+    body = {"task_id": task_id, "decision": "approved"}
+    assert client.post("/webhooks/stacksona", json=body).status_code == 401
+    assert client.post("/webhooks/stacksona?token=wrong", json=body).status_code == 401
+    assert client.post("/webhooks/stacksona?token=cb-token", json=body).status_code == 202
+    bearer = {"Authorization": "Bearer cb-token"}
+    assert client.post("/webhooks/stacksona", json=body, headers=bearer).status_code == 202
+
+
+def test_probes_and_metrics(client: FlaskClient) -> None:
+    post_github(client, deployment_payload())
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'stacksona_gate_gates{state="new"} 1' in metrics
+    assert 'stacksona_gate_webhooks_total{outcome="created"} 1' in metrics
+
+
+def test_errors_never_echo_secrets(store: GateStore, private_pem: str) -> None:
+    client = client_for(store, private_pem, stacksona_webhook_token=Secret("cb-token"))
+    responses = [
+        post_github(client, deployment_payload(), signature="sha256=00"),
+        client.post("/webhooks/stacksona?token=nope", json={"thread_id": "x"}),
+    ]
+    for response in responses:
+        text = response.get_data(as_text=True)
+        assert WEBHOOK_SECRET not in text and "cb-token" not in text
+
+
+def test_settings_with_other_deadline_are_used(store: GateStore, private_pem: str) -> None:
+    client = client_for(store, private_pem, gate_deadline_seconds=3600.0)
+    post_github(client, deployment_payload())
+    gate = store.get(1)
+    assert gate is not None and gate.deadline_at - gate.created_at == pytest.approx(3600.0)
