@@ -112,6 +112,10 @@ class GitHubClient:
         return GitHubAnswer(204)
 
     def _answer_from(self, exc: GitHubException) -> GitHubAnswer:
+        # A failed token mint surfaces as a RequestError wrapping the RequestFailed.
+        inner = getattr(exc, "exc", None)
+        if not isinstance(exc, RequestFailed) and isinstance(inner, GitHubException):
+            exc = inner
         if isinstance(exc, RequestFailed):
             response = exc.response.raw_response
             token_failure = response.request.url.path.endswith("/access_tokens")
