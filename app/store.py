@@ -129,7 +129,7 @@ class GateStore:
             reason = f"delivery {delivery_id} repeats deployment {request.deployment_id}, already answered; ignored"
             _record(conn, gate_id, now, answered.state, answered.state, reason)
         else:
-            gate_id, outcome = self._insert_gate(conn, request, key, now + deadline), AcceptOutcome.CREATED
+            gate_id, outcome = _insert_gate(conn, request, key, now, now + deadline), AcceptOutcome.CREATED
             _record(conn, gate_id, now, None, "new", f"delivery {delivery_id} opened the gate")
         conn.execute(
             insert(deliveries).values(
@@ -137,25 +137,6 @@ class GateStore:
             )
         )
         return gate_id, outcome
-
-    def _insert_gate(self, conn: Connection, request: DeploymentRequest, key: str, deadline_at: float) -> int:
-        now = self._clock()
-        values = _request_columns(request) | {
-            "task_id": task_id_for(request),
-            "open_key": key,
-            "state": "new",
-            "status_reported": False,
-            "woken": False,
-            "attempts": 0,
-            "polls": 0,
-            "generation": 0,
-            "next_attempt_at": now,
-            "deadline_at": deadline_at,
-            "created_at": now,
-            "updated_at": now,
-        }
-        result = conn.execute(insert(gates).values(**values).returning(gates.c.id))
-        return int(result.scalar_one())
 
     def claim_due(self, owner: str, *, limit: int, lease_seconds: float) -> list[Gate]:
         """Lease up to `limit` due gates; each lease bumps the gate's generation."""
@@ -282,6 +263,25 @@ def _request_columns(request: DeploymentRequest) -> dict[str, Any]:
         "pull_requests": json.dumps(list(request.pull_requests)),
         "deployment_id": request.deployment_id,
     }
+
+
+def _insert_gate(conn: Connection, request: DeploymentRequest, key: str, now: float, deadline_at: float) -> int:
+    values = _request_columns(request) | {
+        "task_id": task_id_for(request),
+        "open_key": key,
+        "state": "new",
+        "status_reported": False,
+        "woken": False,
+        "attempts": 0,
+        "polls": 0,
+        "generation": 0,
+        "next_attempt_at": now,
+        "deadline_at": deadline_at,
+        "created_at": now,
+        "updated_at": now,
+    }
+    result = conn.execute(insert(gates).values(**values).returning(gates.c.id))
+    return int(result.scalar_one())
 
 
 def _answered_gate(conn: Connection, request: DeploymentRequest) -> Any:

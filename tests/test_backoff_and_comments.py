@@ -24,7 +24,9 @@ def test_poll_delay_grows_to_cap() -> None:
     assert delays == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("7", 7.0), (" 2.5 ", 2.5), ("-1", None), ("Wed, 21 Oct", None), (None, None)])
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("7", 7.0), (" 2.5 ", 2.5), ("-1", None), ("Wed, 21 Oct", None), (None, None)]
+)
 def test_parse_retry_after(raw: str | None, expected: float | None) -> None:
     assert parse_retry_after(raw) == expected
 

@@ -1,4 +1,4 @@
-"""The pure core, exhaustively: every status × token presence × requirement, every failure."""
+"""The pure core, exhaustively: every status by token presence by requirement, every failure."""
 
 import itertools
 
@@ -44,7 +44,9 @@ EXPECTED: dict[str, dict[tuple[bool, bool], type]] = {
     ("raw", "has_token", "required"), list(itertools.product(STATUSES, [False, True], [False, True]))
 )
 def test_every_status_and_token_combination(raw: str | None, has_token: bool, required: bool) -> None:
-    answer = StacksonaAnswer(status=raw or "", thread_id="thr_1", message="m", approval_token=TOKEN if has_token else None)
+    answer = StacksonaAnswer(
+        status=raw or "", thread_id="thr_1", message="m", approval_token=TOKEN if has_token else None
+    )
     outcome = decide(answer, token_required=required)
     assert type(outcome) is EXPECTED[classify_status(raw).value][(has_token, required)]
 
@@ -62,7 +64,9 @@ def test_reviewer_message_travels_with_the_verdict() -> None:
 
 
 def test_pending_keeps_thread_id() -> None:
-    assert decide(StacksonaAnswer(status="pending_review", thread_id="thr_9"), token_required=False) == AwaitReview("thr_9")
+    assert decide(StacksonaAnswer(status="pending_review", thread_id="thr_9"), token_required=False) == AwaitReview(
+        "thr_9"
+    )
 
 
 def test_approved_with_token_asks_for_validation_of_that_token() -> None:

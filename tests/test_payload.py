@@ -66,8 +66,16 @@ def test_lenient_on_fields_the_gate_does_not_need(changes: dict[str, Any]) -> No
         (lambda p: p.pop("deployment_callback_url"), "deployment_callback_url"),
         (lambda p: p.pop("repository"), "repository"),
     ],
-    ids=["no-env", "empty-env", "no-installation", "installation-id-str", "no-owner", "repo-id-bool",
-         "no-callback", "no-repository"],
+    ids=[
+        "no-env",
+        "empty-env",
+        "no-installation",
+        "installation-id-str",
+        "no-owner",
+        "repo-id-bool",
+        "no-callback",
+        "no-repository",
+    ],
 )
 def test_rejects_payloads_missing_what_the_gate_needs(mutate: Any, message: str) -> None:
     data = copy.deepcopy(payload())

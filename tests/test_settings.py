@@ -71,7 +71,9 @@ def test_secrets_never_show_in_reprs_or_errors(base_env: dict[str, str]) -> None
     assert "secretstuff" not in str(info.value)
 
 
-def test_private_key_with_literal_newlines_and_from_path(base_env: dict[str, str], private_pem: str, tmp_path: Path) -> None:
+def test_private_key_with_literal_newlines_and_from_path(
+    base_env: dict[str, str], private_pem: str, tmp_path: Path
+) -> None:
     one_line = private_pem.replace("\n", "\\n")
     assert load(base_env | {"GITHUB_PRIVATE_KEY": one_line}).github_private_key.reveal().strip() == private_pem.strip()
     key_file = tmp_path / "key.pem"

@@ -25,8 +25,18 @@ def test_sign_matches_githubs_published_vector() -> None:
         (GITHUB_VECTOR_SECRET, GITHUB_VECTOR_BODY, GITHUB_VECTOR_SIGNATURE.upper(), False),
         ("", GITHUB_VECTOR_BODY, sign("", GITHUB_VECTOR_BODY), False),
     ],
-    ids=["valid", "trailing-newline", "body-changed", "wrong-secret", "missing", "empty", "no-prefix",
-         "sha1-only", "uppercase", "empty-secret"],
+    ids=[
+        "valid",
+        "trailing-newline",
+        "body-changed",
+        "wrong-secret",
+        "missing",
+        "empty",
+        "no-prefix",
+        "sha1-only",
+        "uppercase",
+        "empty-secret",
+    ],
 )
 def test_is_valid_signature(secret: str, body: bytes, header: str | None, expected: bool) -> None:
     assert is_valid_signature(secret, body, header) is expected

@@ -41,8 +41,12 @@ def client(store: GateStore, private_pem: str) -> FlaskClient:
 
 
 def post_github(
-    client: FlaskClient, body: bytes | dict[str, Any], *, event: str = "deployment_protection_rule",
-    delivery: str | None = "d-1", signature: str | None = None,
+    client: FlaskClient,
+    body: bytes | dict[str, Any],
+    *,
+    event: str = "deployment_protection_rule",
+    delivery: str | None = "d-1",
+    signature: str | None = None,
 ) -> Any:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"X-GitHub-Event": event, "X-Hub-Signature-256": signature or sign(WEBHOOK_SECRET, raw)}
@@ -105,10 +109,18 @@ def test_ignored_events_are_200(client: FlaskClient, store: GateStore, event: st
     [
         (b"{not json", "JSON"),
         (b"[1, 2]", "JSON object"),
-        (deployment_payload(deployment_callback_url="https://evil.example/repos/acme/shop/actions/runs/1/"
-                                                    "deployment_protection_rule"), "deployment_callback_url"),
-        (deployment_payload(deployment_callback_url=f"{API}/repos/acme/other/actions/runs/1/"
-                                                    "deployment_protection_rule"), "another repository"),
+        (
+            deployment_payload(
+                deployment_callback_url="https://evil.example/repos/acme/shop/actions/runs/1/deployment_protection_rule"
+            ),
+            "deployment_callback_url",
+        ),
+        (
+            deployment_payload(
+                deployment_callback_url=f"{API}/repos/acme/other/actions/runs/1/deployment_protection_rule"
+            ),
+            "another repository",
+        ),
         (deployment_payload(environment=None), "environment"),
         (deployment_payload(installation=None), "installation"),
     ],
