@@ -21,7 +21,7 @@ from typing import TypeVar
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.gates_report import gate_table
+from app.gates_report import gate_detail, gate_table
 from app.runtime import build_runtime
 from app.secret import Secret
 from app.settings import Settings
@@ -151,8 +151,11 @@ def _play(world: DemoWorld, s: Scenario) -> bool:
         world.say(s, "FAILED: no final review reached GitHub")
         return False
     state = review.body.get("state")
-    first_line = str(review.body.get("comment", "")).split("\n\n")[:2]
-    world.say(s, f"GitHub review: {state} — {' '.join(first_line)}")
+    parts = str(review.body.get("comment", "")).split("\n\n")
+    quoted = [p.removeprefix("> ") for p in parts if p.startswith("> ")]
+    world.say(s, f"GitHub review posted: {state} — {parts[1] if len(parts) > 1 else ''}")
+    if quoted:
+        world.say(s, f"  with Stacksona's message: \"{quoted[0]}\"")
     ok = state == s.expected
     world.say(s, f"{'OK' if ok else 'WRONG'}: expected {s.expected}, got {state}")
     return ok
@@ -195,8 +198,12 @@ def _summary(world: DemoWorld, failures: list[Scenario]) -> None:
     from app.db import make_engine
     from app.store import GateStore
 
-    store = GateStore(make_engine(world.settings.database_url), time.time)
+    engine = make_engine(world.settings.database_url)
+    store = GateStore(engine, time.time)
     print("\n" + gate_table(store.list_gates()) + "\n")
+    production = next(g for g in store.list_gates() if g.environment == "production")
+    print(gate_detail(production, store.history(production.id), store.delivery_ids(production.id)) + "\n")
+    engine.dispose()
     verdict = "all outcomes as expected" if not failures else f"{len(failures)} outcome(s) wrong"
     print(f"demo: {verdict}", flush=True)
 
