@@ -1,0 +1,673 @@
+"""GateStore against real databases: accept/dedup/join, leases, apply, wake, queries.
+
+Every test runs on SQLite and (when configured) PostgreSQL through the `engine`
+fixture; time comes from a controllable fake clock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from app.db import gates
+from app.payload import DeploymentRequest
+from app.store import AcceptOutcome, Change, Gate, GateStore, HistoryEntry
+
+START = 1_700_000_000.0
+DEADLINE = 3600.0
+LEASE = 60.0
+
+
+class FakeClock:
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_request(run_id: int = 7, environment: str = "production", repository_id: int = 1000) -> DeploymentRequest:
+    return DeploymentRequest(
+        repository_id=repository_id,
+        owner="acme",
+        repo="shop",
+        installation_id=1,
+        run_id=run_id,
+        environment=environment,
+        event="push",
+        ref="refs/heads/main",
+        sha="a" * 40,
+        actor="octocat",
+        pull_requests=(1,),
+        deployment_id=None,
+    )
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(engine: Engine, clock: FakeClock) -> GateStore:
+    return GateStore(engine, clock)
+
+
+def accept(store: GateStore, delivery_id: str, **request: Any) -> tuple[int, AcceptOutcome]:
+    return store.accept(delivery_id, make_request(**request), deadline_seconds=DEADLINE)
+
+
+def column(engine: Engine, gate_id: int, name: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(gates.c[name]).where(gates.c.id == gate_id)).scalar_one()
+
+
+def gate_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return len(conn.execute(select(gates.c.id)).all())
+
+
+def claim_one(store: GateStore, owner: str = "w1", lease_seconds: float = LEASE) -> Gate:
+    claimed = store.claim_due(owner, limit=1, lease_seconds=lease_seconds)
+    assert len(claimed) == 1
+    return claimed[0]
+
+
+def claim_gate(store: GateStore, gate_id: int, owner: str = "w1") -> Gate:
+    claimed = [g for g in store.claim_due(owner, limit=100, lease_seconds=LEASE) if g.id == gate_id]
+    assert len(claimed) == 1, f"gate {gate_id} was not claimable"
+    return claimed[0]
+
+
+def close_gate(store: GateStore, gate_id: int, state: str = "approved") -> None:
+    gate = claim_gate(store, gate_id)
+    assert store.apply(gate, Change(state, "decided", {"verdict": "approve"}))
+
+
+def run_concurrently(count: int, target: Callable[[int], Any]) -> list[Any]:
+    """Start `count` threads that call target(i) at the same moment; re-raise any failure."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results[i] = target(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    if errors:
+        raise errors[0]
+    return results
+
+
+# --- accept -----------------------------------------------------------------
+
+
+def test_first_delivery_creates_new_gate(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+    gate_id, outcome = accept(store, "d-1")
+
+    assert outcome is AcceptOutcome.CREATED
+    gate = store.get(gate_id)
+    assert gate is not None
+    assert gate.state == "new"
+    assert (gate.repository_id, gate.run_id, gate.environment) == (1000, 7, "production")
+    assert gate.full_name == "acme/shop"
+    assert gate.pull_requests == (1,)
+    assert gate.deployment_id is None
+    assert gate.generation == 0
+    assert gate.lease_owner is None
+    assert gate.next_attempt_at == clock.now
+    assert gate.deadline_at == clock.now + DEADLINE
+    assert gate.closed_at is None
+    assert column(engine, gate_id, "open_key") == "1000:7:production"
+    history = store.history(gate_id)
+    assert len(history) == 1
+    assert history[0].from_state is None
+    assert history[0].to_state == "new"
+    assert "d-1" in history[0].reason
+    assert store.delivery_ids(gate_id) == ["d-1"]
+
+
+def test_same_delivery_is_a_duplicate(store: GateStore, engine: Engine) -> None:
+    gate_id, _ = accept(store, "d-1")
+
+    again_id, outcome = accept(store, "d-1")
+
+    assert (again_id, outcome) == (gate_id, AcceptOutcome.DUPLICATE)
+    assert gate_count(engine) == 1
+    assert store.delivery_ids(gate_id) == ["d-1"]
+    assert len(store.history(gate_id)) == 1
+
+
+def test_other_delivery_for_same_run_joins_open_gate(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+    gate_id, _ = accept(store, "d-1")
+    clock.advance(1)
+
+    joined_id, outcome = accept(store, "d-2")
+
+    assert (joined_id, outcome) == (gate_id, AcceptOutcome.JOINED)
+    assert gate_count(engine) == 1
+    assert store.delivery_ids(gate_id) == ["d-1", "d-2"]
+    assert store.get(gate_id).state == "new"  # type: ignore[union-attr]
+    joined = store.history(gate_id)[-1]
+    assert (joined.from_state, joined.to_state) == ("new", "new")
+    assert "d-2" in joined.reason
+
+
+def test_joins_an_awaiting_gate_without_changing_it(store: GateStore, clock: FakeClock) -> None:
+    gate_id, _ = accept(store, "d-1")
+    gate = claim_one(store)
+    assert store.apply(gate, Change("awaiting_review", "asked", {"next_attempt_at": clock.now + 300}))
+
+    joined_id, outcome = accept(store, "d-2")
+
+    assert (joined_id, outcome) == (gate_id, AcceptOutcome.JOINED)
+    after = store.get(gate_id)
+    assert after is not None
+    assert after.state == "awaiting_review"
+    assert after.next_attempt_at == clock.now + 300
+
+
+@pytest.mark.parametrize(
+    "other",
+    [{"environment": "staging"}, {"run_id": 8}, {"repository_id": 2000}],
+    ids=["environment", "run", "repository"],
+)
+def test_different_environment_run_or_repository_opens_new_gate(
+    store: GateStore, engine: Engine, other: dict[str, Any]
+) -> None:
+    first_id, _ = accept(store, "d-1")
+
+    second_id, outcome = accept(store, "d-2", **other)
+
+    assert outcome is AcceptOutcome.CREATED
+    assert second_id != first_id
+    assert gate_count(engine) == 2
+    assert store.get(first_id).task_id != store.get(second_id).task_id  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("final_state", ["approved", "rejected", "superseded", "failed"])
+def test_rerun_after_final_state_opens_a_new_gate(store: GateStore, engine: Engine, final_state: str) -> None:
+    first_id, _ = accept(store, "d-1")
+    first_task = store.get(first_id).task_id  # type: ignore[union-attr]
+    close_gate(store, first_id, final_state)
+    assert column(engine, first_id, "open_key") is None
+
+    # A workflow re-run keeps its run id but arrives with a new delivery id.
+    second_id, outcome = accept(store, "d-2")
+
+    assert outcome is AcceptOutcome.CREATED
+    assert second_id != first_id
+    second = store.get(second_id)
+    assert second is not None
+    assert second.state == "new"
+    assert second.task_id != first_task
+    assert column(engine, second_id, "open_key") == "1000:7:production"
+    assert column(engine, first_id, "open_key") is None
+    # The closed gate keeps its own deliveries and state.
+    assert store.delivery_ids(first_id) == ["d-1"]
+    assert store.delivery_ids(second_id) == ["d-2"]
+    assert store.get(first_id).state == final_state  # type: ignore[union-attr]
+    # The old delivery id is still a duplicate of the old gate.
+    assert accept(store, "d-1") == (first_id, AcceptOutcome.DUPLICATE)
+    # A further delivery joins the new open gate, not the closed one.
+    assert accept(store, "d-3") == (second_id, AcceptOutcome.JOINED)
+
+
+def test_late_duplicate_of_answered_deployment_is_not_a_rerun(store: GateStore, clock: FakeClock) -> None:
+    answered_id, _ = store.accept("d-1", replace(make_request(), deployment_id=55), deadline_seconds=DEADLINE)
+    close_gate(store, answered_id)
+
+    late = store.accept("d-2", replace(make_request(), deployment_id=55), deadline_seconds=DEADLINE)
+    rerun_id, outcome = store.accept("d-3", replace(make_request(), deployment_id=56), deadline_seconds=DEADLINE)
+
+    assert late == (answered_id, AcceptOutcome.DUPLICATE)
+    assert store.get(answered_id).state == "approved"  # type: ignore[union-attr]
+    assert outcome is AcceptOutcome.CREATED
+    assert rerun_id != answered_id
+
+
+def test_task_ids_are_unique_and_stable(store: GateStore, clock: FakeClock) -> None:
+    ids = [accept(store, f"d-{i}", run_id=100 + i, environment=env)[0] for i, env in enumerate(["Prod EU", "x", ""])]
+    tasks = {gate_id: store.get(gate_id).task_id for gate_id in ids}  # type: ignore[union-attr]
+
+    assert len(set(tasks.values())) == len(ids)
+    for task in tasks.values():
+        assert task.startswith("gh-1000-")
+        assert len(task) <= 120
+    # Claiming, applying, waking and re-reading never change a gate's task id.
+    for gate in store.claim_due("w1", limit=10, lease_seconds=LEASE):
+        assert gate.task_id == tasks[gate.id]
+        assert store.apply(gate, Change("awaiting_review", "asked", {"next_attempt_at": clock.now + 60}))
+    for gate_id, task in tasks.items():
+        assert store.wake(thread_id=None, task_id=task).id == gate_id  # type: ignore[union-attr]
+        assert store.get(gate_id).task_id == task  # type: ignore[union-attr]
+        assert store.get(gate_id).task_id == task  # type: ignore[union-attr]
+
+
+# --- concurrent accept -------------------------------------------------------
+
+
+def test_concurrent_distinct_deliveries_share_one_gate(store: GateStore, engine: Engine) -> None:
+    results = run_concurrently(8, lambda i: accept(store, f"d-{i}"))
+
+    gate_ids = {gate_id for gate_id, _ in results}
+    assert len(gate_ids) == 1
+    outcomes = sorted(outcome for _, outcome in results)
+    assert outcomes.count(AcceptOutcome.CREATED) == 1
+    assert outcomes.count(AcceptOutcome.JOINED) == 7
+    assert gate_count(engine) == 1
+    (gate_id,) = gate_ids
+    assert sorted(store.delivery_ids(gate_id)) == sorted(f"d-{i}" for i in range(8))
+    assert len(store.history(gate_id)) == 8
+
+
+def test_concurrent_same_delivery_is_stored_once(store: GateStore, engine: Engine) -> None:
+    results = run_concurrently(8, lambda i: accept(store, "d-same"))
+
+    gate_ids = {gate_id for gate_id, _ in results}
+    assert len(gate_ids) == 1
+    outcomes = [outcome for _, outcome in results]
+    assert outcomes.count(AcceptOutcome.CREATED) == 1
+    assert outcomes.count(AcceptOutcome.DUPLICATE) == 7
+    assert gate_count(engine) == 1
+    (gate_id,) = gate_ids
+    assert store.delivery_ids(gate_id) == ["d-same"]
+    assert len(store.history(gate_id)) == 1
+
+
+# --- claim_due ---------------------------------------------------------------
+
+
+def test_claim_due_returns_only_due_open_gates(store: GateStore, clock: FakeClock) -> None:
+    later_id, _ = accept(store, "d-later", run_id=2)
+    later = claim_gate(store, later_id)
+    assert store.apply(later, Change("awaiting_review", "asked", {"next_attempt_at": clock.now + 100}))
+    closed_id, _ = accept(store, "d-closed", run_id=3)
+    close_gate(store, closed_id)
+    due_id, _ = accept(store, "d-due", run_id=1)
+    clock.advance(50)  # `later` is not due yet
+
+    claimed = store.claim_due("w2", limit=10, lease_seconds=LEASE)
+
+    assert [g.id for g in claimed] == [due_id]
+    gate = claimed[0]
+    assert gate.lease_owner == "w2"
+    assert gate.state == "new"
+
+    # The awaiting gate becomes due at its next_attempt_at; the closed one never does.
+    clock.now = START + 100
+    assert [g.id for g in store.claim_due("w3", limit=10, lease_seconds=LEASE)] == [later_id]
+    clock.advance(10 * DEADLINE)
+    ids = {g.id for g in store.claim_due("w4", limit=10, lease_seconds=LEASE)}
+    assert ids == {due_id, later_id}
+
+
+def test_gate_is_due_exactly_at_next_attempt_at(store: GateStore, clock: FakeClock) -> None:
+    gate_id, _ = accept(store, "d-1")
+    gate = claim_one(store)
+    assert store.apply(gate, Change("awaiting_review", "asked", {"next_attempt_at": clock.now + 100}))
+
+    clock.advance(99.5)
+    assert store.claim_due("w1", limit=10, lease_seconds=LEASE) == []
+    clock.advance(0.5)
+    assert [g.id for g in store.claim_due("w1", limit=10, lease_seconds=LEASE)] == [gate_id]
+
+
+def test_live_lease_blocks_other_claimers_until_it_expires(store: GateStore, clock: FakeClock) -> None:
+    gate_id, _ = accept(store, "d-1")
+
+    first = claim_one(store, "w1")
+    assert first.id == gate_id
+    assert first.lease_owner == "w1"
+    assert first.generation == 1
+
+    assert store.claim_due("w2", limit=10, lease_seconds=LEASE) == []
+    clock.advance(LEASE - 1)
+    assert store.claim_due("w2", limit=10, lease_seconds=LEASE) == []
+    assert store.claim_due("w1", limit=10, lease_seconds=LEASE) == []  # not even to its holder
+
+    clock.advance(2)  # past the lease
+    second = claim_one(store, "w2")
+    assert second.id == gate_id
+    assert second.lease_owner == "w2"
+    assert second.generation > first.generation
+    assert store.get(gate_id).lease_owner == "w2"  # type: ignore[union-attr]
+    assert store.claim_due("w1", limit=10, lease_seconds=LEASE) == []
+
+
+def test_claim_due_respects_limit_and_order(store: GateStore, clock: FakeClock) -> None:
+    ids = []
+    for run_id in range(5):
+        ids.append(accept(store, f"d-{run_id}", run_id=run_id)[0])
+        clock.advance(1)
+
+    first = store.claim_due("w1", limit=2, lease_seconds=LEASE)
+    second = store.claim_due("w2", limit=2, lease_seconds=LEASE)
+    third = store.claim_due("w3", limit=2, lease_seconds=LEASE)
+
+    assert [g.id for g in first] == ids[:2]  # oldest due first
+    assert [g.id for g in second] == ids[2:4]
+    assert [g.id for g in third] == ids[4:]
+    assert store.claim_due("w4", limit=2, lease_seconds=LEASE) == []
+
+
+# --- apply -------------------------------------------------------------------
+
+
+def test_apply_succeeds_once_for_the_lease_holder(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+    gate_id, _ = accept(store, "d-1")
+    gate = claim_one(store)
+    clock.advance(5)
+
+    change = Change(
+        "awaiting_review", "review requested", {"thread_id": "th-1", "attempts": 1, "next_attempt_at": clock.now + 30}
+    )
+    assert store.apply(gate, change) is True
+
+    after = store.get(gate_id)
+    assert after is not None
+    assert after.state == "awaiting_review"
+    assert after.thread_id == "th-1"
+    assert after.attempts == 1
+    assert after.next_attempt_at == clock.now + 30
+    assert after.updated_at == clock.now
+    assert after.lease_owner is None
+    assert column(engine, gate_id, "lease_expires_at") is None
+    assert after.closed_at is None
+    assert column(engine, gate_id, "open_key") == "1000:7:production"
+    last = store.history(gate_id)[-1]
+    assert last == HistoryEntry(clock.now, "new", "awaiting_review", "review requested")
+
+    # The same Gate object again: its lease is gone, nothing changes.
+    assert store.apply(gate, Change("approved", "again")) is False
+    assert store.get(gate_id) == after
+    assert len(store.history(gate_id)) == 2
+
+
+def test_apply_without_next_attempt_makes_gate_due_now(store: GateStore, clock: FakeClock) -> None:
+    gate_id, _ = accept(store, "d-1")
+    gate = claim_one(store)
+    clock.advance(10)
+
+    assert store.apply(gate, Change("reporting", "report the verdict"))
+
+    assert store.get(gate_id).next_attempt_at == clock.now  # type: ignore[union-attr]
+    assert [g.id for g in store.claim_due("w2", limit=10, lease_seconds=LEASE)] == [gate_id]
+
+
+def test_stale_gate_after_reclaim_cannot_apply(store: GateStore, clock: FakeClock) -> None:
+    gate_id, _ = accept(store, "d-1")
+    stale = claim_one(store, "w1")
+    clock.advance(LEASE + 1)
+    current = claim_one(store, "w2")
+    assert current.generation > stale.generation
+    before = store.get(gate_id)
+    history_before = store.history(gate_id)
+
+    assert store.apply(stale, Change("approved", "late verdict", {"verdict": "approve"})) is False
+
+    assert store.get(gate_id) == before
+    assert store.history(gate_id) == history_before
+    # The current holder is unaffected.
+    assert store.apply(current, Change("rejected", "current verdict", {"verdict": "reject"})) is True
+    assert store.get(gate_id).state == "rejected"  # type: ignore[union-attr]
+    # Even after the current holder finished, the stale object stays refused.
+    assert store.apply(stale, Change("approved", "late verdict")) is False
+    assert store.get(gate_id).state == "rejected"  # type: ignore[union-attr]
+
+
+def test_stale_generation_with_same_owner_name_cannot_apply(store: GateStore, clock: FakeClock) -> None:
+    gate_id, _ = accept(store, "d-1")
+    stale = claim_one(store, "w1")
+    clock.advance(LEASE + 1)
+    current = claim_one(store, "w1")  # the same replica name after a restart
+
+    assert store.apply(stale, Change("approved", "late")) is False
+    assert store.get(gate_id).state == "new"  # type: ignore[union-attr]
+    assert store.apply(current, Change("approved", "now")) is True
+
+
+def test_unrecorded_unchanged_state_writes_no_history(store: GateStore, clock: FakeClock) -> None:
+    gate_id, _ = accept(store, "d-1")
+    gate = claim_one(store)
+    assert store.apply(gate, Change("awaiting_review", "asked", {"next_attempt_at": clock.now}))
+    clock.advance(1)
+    gate = claim_one(store)
+    history_before = store.history(gate_id)
+
+    assert store.apply(gate, Change("awaiting_review", "still pending", {"polls": 1}, record=False))
+
+    assert store.history(gate_id) == history_before
+    assert store.get(gate_id).polls == 1  # type: ignore[union-attr]
+
+    # record=True (a retry worth explaining) records even an unchanged state ...
+    gate = claim_one(store)
+    assert store.apply(gate, Change("awaiting_review", "retrying after 503", {"attempts": 2}))
+    assert store.history(gate_id)[-1].reason == "retrying after 503"
+    # ... and record=False never hides a real transition.
+    gate = claim_one(store)
+    assert store.apply(gate, Change("approved", "approved by reviewer", record=False))
+    last = store.history(gate_id)[-1]
+    assert (last.from_state, last.to_state, last.reason) == ("awaiting_review", "approved", "approved by reviewer")
+
+
+def test_final_state_closes_the_gate(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+    gate_id, _ = accept(store, "d-1")
+    gate = claim_one(store)
+    clock.advance(3)
+
+    assert store.apply(gate, Change("approved", "allow", {"verdict": "approve", "verdict_reason": "policy"}))
+
+    closed = store.get(gate_id)
+    assert closed is not None
+    assert closed.state == "approved"
+    assert closed.closed_at == clock.now
+    assert closed.verdict == "approve"
+    assert closed.verdict_reason == "policy"
+    assert column(engine, gate_id, "open_key") is None
+    # A closed gate is never claimed again, however late it gets.
+    clock.advance(10 * DEADLINE)
+    assert store.claim_due("w2", limit=10, lease_seconds=LEASE) == []
+
+
+def test_open_state_keeps_open_key_and_no_closed_at(store: GateStore, engine: Engine) -> None:
+    gate_id, _ = accept(store, "d-1")
+    gate = claim_one(store)
+
+    assert store.apply(gate, Change("reporting", "verdict reached"))
+
+    assert column(engine, gate_id, "open_key") == "1000:7:production"
+    assert store.get(gate_id).closed_at is None  # type: ignore[union-attr]
+
+
+# --- wake --------------------------------------------------------------------
+
+
+def _awaiting_gate(
+    store: GateStore, clock: FakeClock, thread_id: str = "th-1", wait: float = 300, run_id: int = 500
+) -> int:
+    gate_id, _ = accept(store, f"d-{thread_id}", run_id=run_id)
+    gate = claim_gate(store, gate_id)
+    assert store.apply(
+        gate, Change("awaiting_review", "asked", {"thread_id": thread_id, "next_attempt_at": clock.now + wait})
+    )
+    return gate_id
+
+
+def test_wake_by_thread_makes_awaiting_gate_due_now(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+    gate_id = _awaiting_gate(store, clock)
+    clock.advance(10)
+    assert store.claim_due("w1", limit=10, lease_seconds=LEASE) == []
+
+    woken = store.wake(thread_id="th-1", task_id=None)
+
+    assert woken is not None
+    assert woken.id == gate_id
+    assert column(engine, gate_id, "woken") in (True, 1)
+    assert store.get(gate_id).next_attempt_at == clock.now  # type: ignore[union-attr]
+    claimed = store.claim_due("w1", limit=10, lease_seconds=LEASE)
+    assert [g.id for g in claimed] == [gate_id]
+    assert column(engine, gate_id, "woken") in (False, 0)  # the claim consumed the wake
+
+
+def test_wake_by_task_id(store: GateStore, clock: FakeClock) -> None:
+    gate_id = _awaiting_gate(store, clock)
+    task_id = store.get(gate_id).task_id  # type: ignore[union-attr]
+    clock.advance(10)
+
+    woken = store.wake(thread_id=None, task_id=task_id)
+
+    assert woken is not None and woken.id == gate_id
+    assert [g.id for g in store.claim_due("w1", limit=10, lease_seconds=LEASE)] == [gate_id]
+
+
+def test_wake_while_leased_keeps_gate_due(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+    gate_id = _awaiting_gate(store, clock, wait=0)
+    clock.advance(1)
+    gate = claim_one(store, "w1")  # a poll is in flight
+    clock.advance(1)
+
+    assert store.wake(thread_id="th-1", task_id=None) is not None  # the callback arrives meanwhile
+    assert store.claim_due("w2", limit=10, lease_seconds=LEASE) == []  # still leased
+    clock.advance(1)
+    # The poll's answer was stale ("still pending") and asks for the fallback schedule.
+    assert store.apply(gate, Change("awaiting_review", "still pending", {"next_attempt_at": clock.now + 300}))
+
+    after = store.get(gate_id)
+    assert after is not None
+    assert after.next_attempt_at <= clock.now
+    assert [g.id for g in store.claim_due("w2", limit=10, lease_seconds=LEASE)] == [gate_id]
+
+
+def test_without_wake_apply_keeps_the_fallback_schedule(store: GateStore, clock: FakeClock) -> None:
+    gate_id = _awaiting_gate(store, clock, wait=0)
+    gate = claim_one(store, "w1")
+
+    assert store.apply(gate, Change("awaiting_review", "still pending", {"next_attempt_at": clock.now + 300}))
+
+    assert store.get(gate_id).next_attempt_at == clock.now + 300  # type: ignore[union-attr]
+
+
+def test_wake_unknown_thread_returns_none(store: GateStore, clock: FakeClock) -> None:
+    _awaiting_gate(store, clock)
+
+    assert store.wake(thread_id="no-such-thread", task_id=None) is None
+    assert store.wake(thread_id=None, task_id="no-such-task") is None
+    assert store.wake(thread_id=None, task_id=None) is None
+    assert store.wake(thread_id="", task_id="") is None
+
+
+def test_wake_closed_gate_is_returned_but_not_reopened(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+    gate_id = _awaiting_gate(store, clock, wait=0)
+    gate = claim_one(store)
+    assert store.apply(gate, Change("approved", "approved"))
+    closed = store.get(gate_id)
+    clock.advance(100)
+
+    woken = store.wake(thread_id="th-1", task_id=None)
+
+    assert woken is not None
+    assert woken.id == gate_id
+    assert woken.state == "approved"
+    assert store.get(gate_id) == closed
+    assert column(engine, gate_id, "woken") in (False, 0)
+    assert store.claim_due("w1", limit=10, lease_seconds=LEASE) == []
+
+
+# --- queries -----------------------------------------------------------------
+
+
+def test_count_by_state_and_list_gates(store: GateStore, clock: FakeClock) -> None:
+    assert store.count_by_state() == {}
+    assert store.list_gates() == []
+    new_a, _ = accept(store, "d-1", run_id=1)
+    new_b, _ = accept(store, "d-2", run_id=2)
+    awaiting = _awaiting_gate(store, clock, thread_id="th-x", run_id=3)
+    approved, _ = accept(store, "d-4", run_id=4)
+    close_gate(store, approved)
+
+    assert store.count_by_state() == {"new": 2, "awaiting_review": 1, "approved": 1}
+    assert [g.id for g in store.list_gates()] == [approved, awaiting, new_b, new_a]  # newest first
+    assert [g.id for g in store.list_gates(limit=2)] == [approved, awaiting]
+    assert [g.id for g in store.list_gates(states=("new",))] == [new_b, new_a]
+    open_ids = {g.id for g in store.list_gates(states=("new", "awaiting_review", "reporting"))}
+    assert open_ids == {new_a, new_b, awaiting}
+    assert store.list_gates(states=("failed",)) == []
+    assert store.get(approved + 1000) is None
+
+
+def test_history_is_in_order(store: GateStore, clock: FakeClock) -> None:
+    gate_id, _ = accept(store, "d-1")
+    clock.advance(1)
+    accept(store, "d-2")
+    clock.advance(1)
+    gate = claim_one(store)
+    assert store.apply(gate, Change("awaiting_review", "asked", {"next_attempt_at": clock.now}))
+    clock.advance(1)
+    gate = claim_one(store)
+    assert store.apply(gate, Change("reporting", "approved by alice"))
+    clock.advance(1)
+    gate = claim_one(store)
+    assert store.apply(gate, Change("approved", "review posted"))
+
+    history = store.history(gate_id)
+
+    assert [(h.from_state, h.to_state) for h in history] == [
+        (None, "new"),
+        ("new", "new"),
+        ("new", "awaiting_review"),
+        ("awaiting_review", "reporting"),
+        ("reporting", "approved"),
+    ]
+    assert [h.at for h in history] == [START + i for i in range(5)]
+    assert [h.reason for h in history][2:] == ["asked", "approved by alice", "review posted"]
+    assert store.history(gate_id + 1000) == []
+
+
+def test_ping(store: GateStore) -> None:
+    store.ping()
+
+
+# --- PostgreSQL: concurrent claimers -----------------------------------------
+
+
+def test_concurrent_claimers_never_share_a_gate(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("FOR UPDATE SKIP LOCKED claiming by several replicas is a PostgreSQL feature")
+    expected = {accept(store, f"d-{run_id}", run_id=run_id)[0] for run_id in range(20)}
+
+    def claim_all(i: int) -> list[int]:
+        claimed: list[int] = []
+        for _ in range(40):  # bounded: a broken lease check must fail, not spin
+            batch = store.claim_due(f"w{i}", limit=3, lease_seconds=LEASE)
+            if not batch:
+                break
+            claimed.extend(g.id for g in batch)
+        return claimed
+
+    results = run_concurrently(2, claim_all)
+
+    union = results[0] + results[1]
+    assert len(union) == len(set(union)), "a gate was claimed twice"
+    assert set(union) == expected
+    with engine.connect() as conn:
+        owners = {row.id: row.lease_owner for row in conn.execute(select(gates.c.id, gates.c.lease_owner))}
+    for i, ids in enumerate(results):
+        assert all(owners[gate_id] == f"w{i}" for gate_id in ids)
