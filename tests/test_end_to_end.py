@@ -9,13 +9,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import Engine
 
 from tests.world import OWNER, REPO, World, running_world
 
 
 @pytest.fixture
-def world(tmp_path: Path, private_pem: str, public_pem: bytes) -> Iterator[World]:
-    with running_world(tmp_path, private_pem, public_pem) as w:
+def world(tmp_path: Path, private_pem: str, public_pem: bytes, engine: Engine) -> Iterator[World]:
+    """Every end-to-end test runs on SQLite and, when configured, PostgreSQL."""
+    with running_world(tmp_path, private_pem, public_pem, engine=engine) as w:
         yield w
 
 

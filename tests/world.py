@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import Engine
 
 from app.db import make_engine, migrate
 from app.github_client import GitHubClient
@@ -119,8 +120,10 @@ def running_world(
     *,
     path_prefix: str = "",
     signed_tokens: bool = True,
+    engine: Engine | None = None,
     **overrides: Any,
 ) -> Iterator[World]:
+    """The App against both simulators; on `engine` if given, else a fresh SQLite file."""
     clock = FakeClock()
     with (
         GitHubSimulator(app_id=APP_ID, public_key_pem=public_pem, path_prefix=path_prefix) as github,
@@ -128,9 +131,10 @@ def running_world(
     ):
         db = f"sqlite:///{tmp_path / 'gates.db'}"
         settings = make_settings(github.url, stacksona.url, private_pem, db, **overrides)
-        engine = make_engine(settings.database_url)
-        migrate(engine)
-        store = GateStore(engine, clock)
+        own_engine = engine is None
+        db_engine = make_engine(settings.database_url) if engine is None else engine
+        migrate(db_engine)
+        store = GateStore(db_engine, clock)
         services = _services(settings, clock)
         worker = Worker(store, services, owner="test-worker")
         try:
@@ -139,7 +143,8 @@ def running_world(
                 yield World(github, stacksona, store, worker, settings, clock, server.base_url)
         finally:
             services.stacksona.close()
-            engine.dispose()
+            if own_engine:
+                db_engine.dispose()
 
 
 def _services(settings: Settings, clock: FakeClock) -> Services:
