@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -37,9 +38,13 @@ def build_runtime(settings: Settings, *, run_migrations: bool = True) -> Runtime
     engine = make_engine(settings.database_url)
     if run_migrations:
         migrate(engine)
-    clock = time.time
-    store = GateStore(engine, clock)
-    services = Services(
+    store = GateStore(engine, time.time)
+    services = build_services(settings, clock=time.time, rand=random.random)
+    return Runtime(settings, engine, store, services)
+
+
+def build_services(settings: Settings, *, clock: Callable[[], float], rand: Callable[[], float]) -> Services:
+    return Services(
         settings=settings,
         stacksona=StacksonaClient(settings.stacksona_gate_url, settings.stacksona_api_key),
         github=GitHubClient(
@@ -49,9 +54,8 @@ def build_runtime(settings: Settings, *, run_migrations: bool = True) -> Runtime
             api_version=settings.github_api_version,
         ),
         clock=clock,
-        rand=random.random,
+        rand=rand,
     )
-    return Runtime(settings, engine, store, services)
 
 
 def configure_logging(level: str) -> None:

@@ -20,8 +20,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from app.signature import sign as webhook_signature
 from app.simulators._server import LoopbackServer
-from app.simulators.github import GitHubSimulator, webhook_signature
+from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
 
 APP_ID = 4242

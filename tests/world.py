@@ -17,14 +17,12 @@ import httpx
 from sqlalchemy import Engine
 
 from app.db import make_engine, migrate
-from app.github_client import GitHubClient
+from app.runtime import build_services
 from app.secret import Secret
 from app.settings import Settings
 from app.simulators._server import LoopbackServer
 from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
-from app.stacksona import StacksonaClient
-from app.steps import Services
 from app.store import OPEN_STATES, Gate, GateStore, HistoryEntry
 from app.web import create_app
 from app.worker import Worker
@@ -135,7 +133,7 @@ def running_world(
         db_engine = make_engine(settings.database_url) if engine is None else engine
         migrate(db_engine)
         store = GateStore(db_engine, clock)
-        services = _services(settings, clock)
+        services = build_services(settings, clock=clock, rand=lambda: 0.5)
         worker = Worker(store, services, owner="test-worker")
         try:
             with LoopbackServer(create_app(settings, store)) as server:
@@ -145,18 +143,3 @@ def running_world(
             services.stacksona.close()
             if own_engine:
                 db_engine.dispose()
-
-
-def _services(settings: Settings, clock: FakeClock) -> Services:
-    return Services(
-        settings=settings,
-        stacksona=StacksonaClient(settings.stacksona_gate_url, settings.stacksona_api_key),
-        github=GitHubClient(
-            api_url=settings.github_api_url,
-            app_id=settings.github_app_id,
-            private_key=settings.github_private_key,
-            api_version=settings.github_api_version,
-        ),
-        clock=clock,
-        rand=lambda: 0.5,
-    )

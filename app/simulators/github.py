@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import secrets
 import threading
-import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,6 +24,7 @@ from app.simulators._server import (
     parse_json_object,
     status_phrase,
 )
+from app.simulators.github_webhooks import RepoRef, deliver_webhook, deployment_json, protection_rule_payload
 
 GitHubRoute = Literal["token", "review"]
 DEFAULT_SHA = "9fceb02d0ae598e95dc970b74767f19372d61af8"
@@ -65,17 +62,6 @@ class _Token:
     expires_at: datetime
 
 
-def webhook_signature(secret: str, body: bytes) -> str:
-    """The X-Hub-Signature-256 value GitHub sends for `body`."""
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
-
-
-def _compact_json(payload: dict[str, Any]) -> bytes:
-    # Not Python's default separators: receivers must verify the raw bytes, not a re-dump.
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def _error(status: int, message: str) -> Response:
     return json_response(status, {"message": message, "documentation_url": _DOCS})
 
@@ -90,56 +76,6 @@ def _load_public_key(pem: str | bytes) -> RSAPublicKey:
     if not isinstance(public, RSAPublicKey):
         raise ValueError("GitHub App keys are RSA keys")
     return public
-
-
-def _repository_json(repo_api: str, web: str, owner: str, repo: str, repository_id: int) -> dict[str, Any]:
-    return {
-        "id": repository_id,
-        "node_id": f"R_sim{repository_id}",
-        "name": repo,
-        "full_name": f"{owner}/{repo}",
-        "private": False,
-        "owner": {"login": owner, "id": 9000 + repository_id, "type": "Organization"},
-        "html_url": f"{web}/{owner}/{repo}",
-        "url": repo_api,
-        "default_branch": "main",
-    }
-
-
-def _deployment_json(
-    repo_api: str, deployment_id: int, environment: str, sha: str, ref: str, sender: str
-) -> dict[str, Any]:
-    now = datetime.now(UTC).strftime(_TIME_FORMAT)
-    url = f"{repo_api}/deployments/{deployment_id}"
-    return {
-        "url": url,
-        "id": deployment_id,
-        "node_id": f"DE_sim{deployment_id}",
-        "task": "deploy",
-        "environment": environment,
-        "original_environment": environment,
-        "sha": sha,
-        "ref": ref.removeprefix("refs/heads/"),
-        "payload": {},
-        "description": None,
-        "creator": {"login": sender, "type": "User"},
-        "created_at": now,
-        "updated_at": now,
-        "statuses_url": f"{url}/statuses",
-        "repository_url": repo_api,
-        "transient_environment": False,
-        "production_environment": False,
-    }
-
-
-def _pull_request_json(repo_api: str, number: int, sha: str) -> dict[str, Any]:
-    return {
-        "number": number,
-        "id": 500_000 + number,
-        "url": f"{repo_api}/pulls/{number}",
-        "head": {"ref": f"feature-{number}", "sha": sha},
-        "base": {"ref": "main"},
-    }
 
 
 def _url_map(prefix: str) -> Map:
@@ -222,24 +158,22 @@ class GitHubSimulator(SimulatorBase):
             self._next_deployment_id += 1
             self._pending.setdefault(_key(owner, repo, run_id, environment), _Pending(installation_id))
             self._repo_installations[(owner.lower(), repo.lower())] = installation_id
-        repo_api = f"{self.url}/repos/{owner}/{repo}"
-        run_api = f"{repo_api}/actions/runs/{run_id}"
-        if deployment == "default":
-            deployment = _deployment_json(repo_api, deployment_id, environment, sha, ref, sender)
         web = self._server.base_url if self._prefix else "https://github.com"
-        return {
-            "action": "requested",
-            "environment": environment,
-            "event": event,
-            "sha": sha,
-            "ref": ref,
-            "deployment_callback_url": f"{run_api}/deployment_protection_rule",
-            "deployment": deployment,
-            "pull_requests": [_pull_request_json(repo_api, n, sha) for n in pull_requests or []],
-            "repository": _repository_json(repo_api, web, owner, repo, repository_id),
-            "installation": {"id": installation_id, "node_id": f"MDIz{installation_id}"},
-            "sender": {"login": sender, "id": 583231, "type": "User"},
-        }
+        where = RepoRef(self.url, web, owner, repo, repository_id)
+        if deployment == "default":
+            deployment = deployment_json(where, deployment_id, environment, sha, ref, sender)
+        return protection_rule_payload(
+            where,
+            run_id,
+            environment,
+            installation_id,
+            deployment,
+            event=event,
+            sha=sha,
+            ref=ref,
+            sender=sender,
+            pull_requests=pull_requests or [],
+        )
 
     def deliver(
         self,
@@ -251,18 +185,9 @@ class GitHubSimulator(SimulatorBase):
         delivery_id: str | None = None,
     ) -> httpx.Response:
         """POSTs `payload` with the headers and signature GitHub sends; bytes go out as-is."""
-        raw = payload if isinstance(payload, bytes) else _compact_json(payload)
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "GitHub-Hookshot/sim",
-            "X-GitHub-Event": event,
-            "X-GitHub-Delivery": delivery_id or str(uuid.uuid4()),
-            "X-GitHub-Hook-Installation-Target-Type": "integration",
-            "X-GitHub-Hook-Installation-Target-ID": str(self._app_id),
-            "X-Hub-Signature-256": webhook_signature(secret, raw),
-        }
-        # GitHub gives up on a delivery after 10 s.
-        return httpx.post(webhook_url, content=raw, headers=headers, timeout=10.0)
+        return deliver_webhook(
+            webhook_url, payload, secret=secret, event=event, delivery_id=delivery_id, app_id=self._app_id
+        )
 
     def cancel_run(self, owner: str, repo: str, run_id: int) -> None:
         run = _key(owner, repo, run_id, "")[:3]
