@@ -29,6 +29,8 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
+# Execution option marking a connection that only reads (see the SQLite engine).
+READ_ONLY = "stacksona_read_only"
 _MIGRATION_LOCK_ID = 0x5A7E_6A7E
 
 gates = Table(
@@ -126,7 +128,9 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers take no write lock: under WAL they never block the writer.
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RowMapping, case, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from app.db import deliveries, gate_history, gates
+from app.db import READ_ONLY, deliveries, gate_history, gates
 from app.payload import DeploymentRequest
 
 OPEN_STATES = ("new", "awaiting_review", "reporting")
@@ -93,8 +93,11 @@ class GateStore:
         self._engine = engine
         self._clock = clock
 
+    def _reading(self) -> Connection:
+        return self._engine.connect().execution_options(**{READ_ONLY: True})
+
     def ping(self) -> None:
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             conn.execute(text("SELECT 1"))
 
     def accept(
@@ -211,7 +214,7 @@ class GateStore:
             return _gate(row._mapping)
 
     def get(self, gate_id: int) -> Gate | None:
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(select(gates).where(gates.c.id == gate_id)).first()
         return _gate(row._mapping) if row else None
 
@@ -219,22 +222,22 @@ class GateStore:
         query = select(gates).order_by(gates.c.id.desc()).limit(limit)
         if states:
             query = query.where(gates.c.state.in_(states))
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return [_gate(row._mapping) for row in conn.execute(query)]
 
     def history(self, gate_id: int) -> list[HistoryEntry]:
         query = select(gate_history).where(gate_history.c.gate_id == gate_id).order_by(gate_history.c.id)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return [HistoryEntry(r.at, r.from_state, r.to_state, r.reason) for r in conn.execute(query)]
 
     def delivery_ids(self, gate_id: int) -> list[str]:
         query = select(deliveries.c.delivery_id).where(deliveries.c.gate_id == gate_id)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return list(conn.execute(query.order_by(deliveries.c.received_at)).scalars())
 
     def count_by_state(self) -> dict[str, int]:
         query = select(gates.c.state, func.count()).group_by(gates.c.state)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return {state: int(count) for state, count in conn.execute(query)}
 
 
