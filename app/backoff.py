@@ -10,6 +10,9 @@ RETRY_CAP_SECONDS = 300.0
 # real instruction; we still come back within the hour.
 RETRY_AFTER_CAP_SECONDS = 3600.0
 POLL_FIRST_SECONDS = 5.0
+# Past this the cap applies anyway; clamping keeps 2**n finite for gates that
+# retry for weeks.
+_MAX_EXPONENT = 30
 
 
 def retry_delay(
@@ -20,7 +23,7 @@ def retry_delay(
     cap: float = RETRY_CAP_SECONDS,
 ) -> float:
     """Exponential backoff with equal jitter; attempt 0 waits about a second."""
-    ceiling = min(cap, RETRY_BASE_SECONDS * 2.0 ** max(0, attempt))
+    ceiling = min(cap, RETRY_BASE_SECONDS * 2.0 ** min(max(0, attempt), _MAX_EXPONENT))
     delay = ceiling / 2 + rand() * ceiling / 2
     if retry_after is not None and retry_after > 0:
         delay = max(delay, min(retry_after, RETRY_AFTER_CAP_SECONDS))
@@ -33,7 +36,7 @@ def poll_delay(polls: int, rand: Callable[[], float], *, cap: float) -> float:
     The Stacksona callback normally wakes the gate first; this bounds the delay
     when a callback is lost.
     """
-    ceiling = min(cap, POLL_FIRST_SECONDS * 2.0 ** max(0, polls))
+    ceiling = min(cap, POLL_FIRST_SECONDS * 2.0 ** min(max(0, polls), _MAX_EXPONENT))
     return ceiling * (0.8 + 0.2 * rand())
 
 

@@ -36,7 +36,7 @@ class StacksonaAnswer:
 class StacksonaFailure:
     """A call that produced no usable answer."""
 
-    kind: str  # "timeout", "network", "http" or "malformed"
+    kind: str  # "timeout", "network", "http", "malformed" or "empty"
     status_code: int | None = None
     retry_after: float | None = None
     detail: str = ""
@@ -121,6 +121,8 @@ def decide_on_failure(failure: StacksonaFailure) -> FailureOutcome:
     """Transient failures retry (until the deadline); everything else rejects."""
     if failure.kind in ("timeout", "network"):
         return Retry(f"Stacksona {failure.kind} error", failure.retry_after)
+    if failure.kind == "empty":
+        return Retry("Stacksona listed no decision yet")
     code = failure.status_code
     if failure.kind == "http" and code is not None and (code >= 500 or code in _TRANSIENT_HTTP):
         return Retry(f"Stacksona answered HTTP {code}", failure.retry_after)

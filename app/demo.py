@@ -155,7 +155,7 @@ def _play(world: DemoWorld, s: Scenario) -> bool:
     quoted = [p.removeprefix("> ") for p in parts if p.startswith("> ")]
     world.say(s, f"GitHub review posted: {state} — {parts[1] if len(parts) > 1 else ''}")
     if quoted:
-        world.say(s, f"  with Stacksona's message: \"{quoted[0]}\"")
+        world.say(s, f'  with Stacksona\'s message: "{quoted[0]}"')
     ok = state == s.expected
     world.say(s, f"{'OK' if ok else 'WRONG'}: expected {s.expected}, got {state}")
     return ok

@@ -56,7 +56,8 @@ class Settings:
     stacksona_require_approval_token: bool = False
     stacksona_decision_url: str | None = None
     environment_rules: Mapping[str, EnvironmentRule] = field(default_factory=dict)
-    database_url: str = "sqlite:///stacksona-gate.db"
+    # Kept out of the repr: a PostgreSQL URL may carry a password.
+    database_url: str = field(default="sqlite:///stacksona-gate.db", repr=False)
     port: int = 8000
     host: str = "0.0.0.0"  # noqa: S104 - containers must listen beyond loopback
     gate_deadline_seconds: float = 7 * 86400.0

@@ -61,8 +61,10 @@ class StacksonaClient:
 
     def get_decision(self, *, thread_id: str | None, task_id: str) -> StacksonaAnswer:
         params = {"thread_id": thread_id} if thread_id else {"task_id": task_id}
-        data = self._call("GET", "/api/agent/decisions", params=params)
-        return parse_answer(_latest(data), task_id=task_id)
+        latest = _latest(self._call("GET", "/api/agent/decisions", params=params))
+        if latest is None:
+            raise StacksonaCallFailed(StacksonaFailure("empty", detail="no decision listed yet"))
+        return parse_answer(latest, task_id=task_id)
 
     def validate_approval(self, task_id: str, token: Secret) -> bool:
         """True only on an explicit valid answer; never validate tokens locally."""
@@ -89,22 +91,50 @@ class StacksonaClient:
 
 
 def parse_answer(data: object, *, task_id: str) -> StacksonaAnswer:
+    """Tolerant about field names, strict about contradictions (they never approve)."""
     if not isinstance(data, Mapping):
-        raise StacksonaCallFailed(StacksonaFailure("malformed", detail="not a JSON object"))
-    token = _text(data, "approval_token")
+        raise _malformed("not a JSON object")
+    answered_task = _text(data, "task_id")
+    if answered_task and answered_task != task_id:
+        raise _malformed("the answer is about another task")
     return StacksonaAnswer(
-        status=_text(data, "status", "decision") or "",
+        status=_status(data),
         thread_id=_text(data, "thread_id", "id") or None,
-        task_id=_text(data, "task_id") or task_id,
+        task_id=task_id,
         message=_text(data, "message", "comment") or "",
-        approval_token=Secret(token) if token else None,
+        approval_token=_approval_token(data),
     )
 
 
+def _status(data: Mapping[str, Any]) -> str:
+    status, decision = _text(data, "status").lower(), _text(data, "decision").lower()
+    if status and decision and status != decision:
+        raise _malformed(f"status {status[:30]!r} contradicts decision {decision[:30]!r}")
+    return status or decision
+
+
+def _approval_token(data: Mapping[str, Any]) -> Secret | None:
+    # A token that is present but not a string must not read as "no token":
+    # that would turn an unverifiable approval into an unvalidated one.
+    token = data.get("approval_token")
+    if token is None:
+        return None
+    if not isinstance(token, str) or not token.strip():
+        raise _malformed("approval_token is not a non-empty string")
+    return Secret(token.strip())
+
+
+def _malformed(detail: str) -> StacksonaCallFailed:
+    return StacksonaCallFailed(StacksonaFailure("malformed", detail=detail))
+
+
 def is_explicitly_valid(data: object) -> bool:
-    if not isinstance(data, Mapping):
+    """Both spellings, when present, must say valid; anything else is invalid."""
+    if not isinstance(data, Mapping) or not ("valid" in data or "status" in data):
         return False
-    return data.get("valid") is True or str(data.get("status", "")).lower() == "valid"
+    valid_ok = "valid" not in data or data["valid"] is True
+    status_ok = "status" not in data or str(data["status"]).lower() == "valid"
+    return valid_ok and status_ok
 
 
 def _latest(data: object) -> object:
@@ -114,8 +144,8 @@ def _latest(data: object) -> object:
             if isinstance(data.get(key), list):
                 return _latest(data[key])
         return data
-    if isinstance(data, list) and data:
-        return data[0]
+    if isinstance(data, list):
+        return data[0] if data else None
     return data
 
 

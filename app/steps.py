@@ -131,8 +131,8 @@ def _post_status_report(gate: Gate, svc: Services) -> Change:
     text = comments.status_report(_context(gate, svc), gate.deadline_at)
     answer = svc.github.status_report(_target(gate), text)
     result = _review_result(answer)
-    if result is ReviewResult.SUPERSEDED:
-        return Change("superseded", f"GitHub has nothing pending for this run any more ({answer.detail})")
+    # The status report is a courtesy: whatever GitHub answers, only the final
+    # review may close the gate (a 4xx here may be a validation quirk).
     if result is ReviewResult.RETRY and gate.attempts + 1 < STATUS_REPORT_TRIES:
         return _retry(gate, Retry(answer.detail, answer.retry_after), svc, until=gate.deadline_at)
     done = result is ReviewResult.DONE

@@ -200,16 +200,17 @@ class GateStore:
             return True
 
     def wake(self, *, thread_id: str | None, task_id: str | None) -> Gate | None:
-        """Make the gate of a Stacksona thread (or task) due now; None if unknown."""
-        column, value = (gates.c.thread_id, thread_id) if thread_id else (gates.c.task_id, task_id)
-        if not value:
-            return None
+        """Make a gate awaiting review due now; None if no gate has this thread or task.
+
+        Only gates awaiting a reviewer are woken: waking one that is backing
+        off would let unauthenticated callbacks override `Retry-After`.
+        """
         now = self._clock()
         with self._engine.begin() as conn:
-            row = conn.execute(select(gates).where(column == value).order_by(gates.c.id.desc())).first()
+            row = _gate_row(conn, gates.c.thread_id, thread_id) or _gate_row(conn, gates.c.task_id, task_id)
             if row is None:
                 return None
-            if row.state in OPEN_STATES:
+            if row.state == "awaiting_review":
                 conn.execute(update(gates).where(gates.c.id == row.id).values(next_attempt_at=now, woken=True))
             return _gate(row._mapping)
 
@@ -299,6 +300,12 @@ def _answered_gate(conn: Connection, request: DeploymentRequest) -> Any:
         .limit(1)
     )
     return conn.execute(query).first()
+
+
+def _gate_row(conn: Connection, column: Any, value: str | None) -> Any:
+    if not value:
+        return None
+    return conn.execute(select(gates).where(column == value).order_by(gates.c.id.desc())).first()
 
 
 def _record(conn: Connection, gate_id: int, at: float, before: str | None, after: str, reason: str) -> None:

@@ -145,7 +145,8 @@ def handle_stacksona_callback(settings: Settings, store: GateStore) -> tuple[int
     # its `decision` field is never trusted.
     if gate.state not in OPEN_STATES:
         return 200, {"gate_id": gate.id, "state": gate.state, "outcome": "already_closed"}
-    return 202, {"gate_id": gate.id, "outcome": "woken"}
+    outcome = "woken" if gate.state == "awaiting_review" else "in_progress"
+    return 202, {"gate_id": gate.id, "outcome": outcome}
 
 
 def _has_callback_token(expected: str) -> bool:

@@ -64,6 +64,13 @@ class Worker:
         return len(gates)
 
     def process(self, gate: Gate) -> None:
+        """One step for one gate; nothing a single gate does may stop the loop."""
+        try:
+            self._step_and_store(gate)
+        except Exception:
+            log.exception("gate %s: unexpected failure; its lease will expire and it reruns", gate.id)
+
+    def _step_and_store(self, gate: Gate) -> None:
         try:
             change = run_step(gate, self._svc)
         except Exception as exc:

@@ -19,6 +19,12 @@ def test_retry_after_is_honoured_within_reason(retry_after: float | None, expect
     assert retry_delay(0, lambda: 1.0, retry_after=retry_after) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("count", [1024, 10**6])
+def test_schedules_stay_finite_for_gates_that_retry_for_weeks(count: int) -> None:
+    assert retry_delay(count, lambda: 1.0) == 300.0
+    assert poll_delay(count, lambda: 1.0, cap=300.0) == 300.0
+
+
 def test_poll_delay_grows_to_cap() -> None:
     delays = [poll_delay(n, lambda: 1.0, cap=60.0) for n in range(6)]
     assert delays == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]

@@ -82,6 +82,7 @@ def test_after_validation(valid: bool, expected: type) -> None:
 FAILURES = [
     (StacksonaFailure("timeout"), Retry),
     (StacksonaFailure("network"), Retry),
+    (StacksonaFailure("empty"), Retry),
     (StacksonaFailure("http", 500), Retry),
     (StacksonaFailure("http", 502), Retry),
     (StacksonaFailure("http", 503, retry_after=9.0), Retry),

@@ -315,3 +315,52 @@ def test_token_required_but_missing_rejects(tmp_path: Path, private_pem: str, pu
         world.settle()
         [review] = world.github.final_reviews()
         assert review.body["state"] == "rejected" and "approval token" in review.body["comment"]
+
+
+def test_status_report_refused_does_not_close_the_gate(world: World) -> None:
+    world.github.fail_next("review", 422)  # the status report
+    gate_id = world.deploy("production")
+    world.settle()
+    gate = world.gate(gate_id)
+    assert gate.state == "awaiting_review" and gate.status_reported
+    assert any("status report not posted" in h.reason for h in world.history(gate_id))
+    world.stacksona.decide(world.stacksona.pending_threads()[0], "approved")
+    world.settle()
+    assert world.final_states() == ["approved"]
+
+
+def test_callback_finds_the_gate_by_task_id(world: World) -> None:
+    gate_id = world.deploy("production")
+    world.settle()
+    world.later(5)  # first fallback poll done: the next one is 10 s away
+    body = {"thread_id": "thr_unknown_to_us", "task_id": world.gate(gate_id).task_id}
+    response = httpx.post(world.app_url + "/webhooks/stacksona", json=body)
+    assert response.status_code == 202 and response.json()["outcome"] == "woken"
+    assert world.gate(gate_id).next_attempt_at == world.clock.now
+
+
+def test_callback_does_not_cut_a_retry_after_short(world: World) -> None:
+    world.stacksona.fail_next("create", 429, headers={"Retry-After": "120"})
+    gate_id = world.deploy("production")
+    world.settle()
+    due = world.gate(gate_id).next_attempt_at
+    response = httpx.post(world.app_url + "/webhooks/stacksona", json={"task_id": world.gate(gate_id).task_id})
+    assert response.status_code == 202 and response.json()["outcome"] == "in_progress"
+    assert world.gate(gate_id).next_attempt_at == due > world.clock.now
+
+
+def test_one_failing_gate_never_stops_the_worker(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.stacksona.script("api", "allow")
+    world.deploy("api")
+
+    def broken_apply(*_args: object) -> bool:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(world.store, "apply", broken_apply)
+    assert world.worker.run_once() == 1  # the failure is logged, not raised
+    monkeypatch.undo()
+    world.later(world.settings.worker_lease_seconds + 1)  # the lease expires; the gate reruns
+    # The rerun asks again with the same task id: Stacksona replays its answer.
+    assert world.final_states() == ["approved"]
+    assert world.store.list_gates()[0].state == "approved"
+    assert len(world.stacksona.requests) == 1 and world.stacksona.replays == 1

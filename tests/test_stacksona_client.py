@@ -148,8 +148,8 @@ def test_task_id_is_percent_encoded_in_path(
     ("data", "expected"),
     [
         pytest.param(
-            {"status": "allow", "thread_id": "t1", "task_id": "task-x", "message": "ok"},
-            StacksonaAnswer("allow", "t1", "task-x", "ok"),
+            {"status": "allow", "thread_id": "t1", "task_id": "task-1", "message": "ok"},
+            StacksonaAnswer("allow", "t1", "task-1", "ok"),
             id="documented-names",
         ),
         pytest.param(
@@ -160,7 +160,7 @@ def test_task_id_is_percent_encoded_in_path(
         pytest.param(
             {
                 "status": "approved",
-                "decision": "rejected",
+                "decision": "Approved",
                 "thread_id": "t3",
                 "id": "other",
                 "message": "m",
@@ -200,10 +200,32 @@ def test_parse_answer_wraps_approval_token_in_secret() -> None:
     assert TOKEN not in str(answer)
 
 
-@pytest.mark.parametrize("token_value", ["", "   ", None, 0.5, {"t": 1}])
-def test_parse_answer_without_usable_token_has_none(token_value: object) -> None:
-    answer = parse_answer({"status": "approved", "approval_token": token_value}, task_id="task-1")
+def test_parse_answer_with_null_token_has_none() -> None:
+    answer = parse_answer({"status": "approved", "approval_token": None}, task_id="task-1")
     assert answer.approval_token is None
+
+
+@pytest.mark.parametrize("token_value", ["", "   ", 0.5, {"t": 1}, ["abc"], True])
+def test_parse_answer_with_unusable_token_is_malformed(token_value: object) -> None:
+    """An unverifiable token must never read as "no token" (which could approve unvalidated)."""
+    with pytest.raises(StacksonaCallFailed) as info:
+        parse_answer({"status": "approved", "approval_token": token_value}, task_id="task-1")
+    assert info.value.failure.kind == "malformed"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"status": "approved", "decision": "rejected"},
+        {"status": "allow", "decision": "reject"},
+        {"status": "approved", "task_id": "someone-elses-task"},
+    ],
+    ids=["status-vs-decision", "allow-vs-reject", "other-task"],
+)
+def test_parse_answer_refuses_contradictions(data: dict[str, Any]) -> None:
+    with pytest.raises(StacksonaCallFailed) as info:
+        parse_answer(data, task_id="task-1")
+    assert info.value.failure.kind == "malformed"
 
 
 @pytest.mark.parametrize("data", [[], [{"status": "allow"}], "allow", None, 3])
@@ -270,7 +292,17 @@ def test_get_decision_response_shapes(gate: FakeGate, client: StacksonaClient, p
     assert TOKEN not in repr(answer)
 
 
-@pytest.mark.parametrize("payload", [[], {"decisions": []}, "approved", [["approved"]]])
+@pytest.mark.parametrize("payload", [[], {"decisions": []}])
+def test_get_decision_with_an_empty_list_is_empty(gate: FakeGate, client: StacksonaClient, payload: object) -> None:
+    gate.expect("GET", f"{BASE}/api/agent/decisions?task_id=task-1", httpx.Response(200, json=payload))
+
+    with pytest.raises(StacksonaCallFailed) as info:
+        client.get_decision(thread_id=None, task_id="task-1")
+
+    assert info.value.failure.kind == "empty"
+
+
+@pytest.mark.parametrize("payload", ["approved", [["approved"]]])
 def test_get_decision_without_a_decision_is_malformed(gate: FakeGate, client: StacksonaClient, payload: object) -> None:
     gate.expect("GET", f"{BASE}/api/agent/decisions?task_id=task-1", httpx.Response(200, json=payload))
 
@@ -299,6 +331,9 @@ def test_get_decision_without_a_decision_is_malformed(gate: FakeGate, client: St
         ({"status": "expired"}, False),
         ({"status": "not valid"}, False),
         ({"valid": None}, False),
+        ({"valid": False, "status": "valid"}, False),
+        ({"valid": True, "status": "revoked"}, False),
+        ({"valid": True, "status": "valid"}, True),
         ("valid", False),
         (True, False),
     ],
