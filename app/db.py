@@ -73,6 +73,10 @@ gates = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("closed_at", Float, nullable=True),
+    # A job joined while the final review was in flight: GitHub may not count
+    # it as answered, so the review is sent once more (see GateStore.apply).
+    Column("rereview", Boolean, nullable=False, default=False),
+    Column("answered_at", Float, nullable=True),
     Column("last_error", Text, nullable=True),
     Index("ix_gates_due", "state", "next_attempt_at"),
     Index("ix_gates_thread_id", "thread_id"),

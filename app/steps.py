@@ -149,6 +149,8 @@ def _report(gate: Gate, svc: Services) -> Change:
     result = _review_result(answer)
     if result is ReviewResult.DONE:
         return Change(state, f"GitHub deployment {state}", {"last_error": None})
+    if result is ReviewResult.SUPERSEDED and gate.answered_at is not None:
+        return Change(state, f"GitHub deployment {state}; the repeated answer found nothing more pending")
     if result is ReviewResult.SUPERSEDED:
         return Change("superseded", f"GitHub had nothing pending any more ({answer.detail}); {state} not needed")
     if result is ReviewResult.RETRY and svc.clock() < gate.created_at + GITHUB_WAIT_LIMIT_SECONDS:

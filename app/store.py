@@ -63,6 +63,7 @@ class Gate:
     closed_at: float | None
     last_error: str | None
     lease_owner: str | None = None
+    answered_at: float | None = None
 
     @property
     def full_name(self) -> str:
@@ -126,7 +127,11 @@ class GateStore:
         row = conn.execute(select(gates.c.id, gates.c.state).where(gates.c.open_key == key)).first()
         if row is not None:
             gate_id, outcome = row.id, AcceptOutcome.JOINED
-            _record(conn, gate_id, now, row.state, row.state, f"delivery {delivery_id} joined the gate")
+            reason = f"delivery {delivery_id} joined the gate"
+            if row.state == "reporting":
+                conn.execute(update(gates).where(gates.c.id == gate_id).values(rereview=True))
+                reason += " while its review was being sent; GitHub will be answered once more"
+            _record(conn, gate_id, now, row.state, row.state, reason)
         elif (answered := _answered_gate(conn, request)) is not None:
             gate_id, outcome = answered.id, AcceptOutcome.DUPLICATE
             reason = f"delivery {delivery_id} repeats deployment {request.deployment_id}, already answered; ignored"
@@ -175,26 +180,18 @@ class GateStore:
     def apply(self, gate: Gate, change: Change) -> bool:
         """Write a step's result if this worker still holds the gate's lease."""
         now = self._clock()
-        values = dict(change.values)
-        next_at = values.pop("next_attempt_at", now)
-        if change.state in FINAL_STATES:
-            values |= {"open_key": None, "closed_at": now}
         with self._engine.begin() as conn:
-            result = conn.execute(
-                update(gates)
+            held = conn.execute(
+                select(gates.c.rereview)
                 .where(gates.c.id == gate.id, gates.c.generation == gate.generation)
                 .where(gates.c.lease_owner == gate.lease_owner)
-                .values(
-                    state=change.state,
-                    updated_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    next_attempt_at=case((gates.c.woken, now), else_=next_at),
-                    **values,
-                )
-            )
-            if result.rowcount != 1:
+                .with_for_update()
+            ).first()
+            if held is None:
                 return False
+            if held.rereview and gate.state == "reporting" and change.state in FINAL_STATES:
+                change = _answer_again(change, now)
+            conn.execute(update(gates).where(gates.c.id == gate.id).values(**_columns(change, now)))
             if change.record or change.state != gate.state:
                 _record(conn, gate.id, now, gate.state, change.state, change.reason)
             return True
@@ -300,6 +297,28 @@ def _answered_gate(conn: Connection, request: DeploymentRequest) -> Any:
         .limit(1)
     )
     return conn.execute(query).first()
+
+
+def _columns(change: Change, now: float) -> dict[str, Any]:
+    values = dict(change.values)
+    next_at = values.pop("next_attempt_at", now)
+    if change.state in FINAL_STATES:
+        values |= {"open_key": None, "closed_at": now}
+    return values | {
+        "state": change.state,
+        "updated_at": now,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        # A callback that arrived during the step wins over the fallback schedule.
+        "next_attempt_at": case((gates.c.woken, now), else_=next_at),
+    }
+
+
+def _answer_again(change: Change, now: float) -> Change:
+    answered = change.state in ("approved", "rejected")
+    values = {"rereview": False, "attempts": 0, "last_error": None} | ({"answered_at": now} if answered else {})
+    reason = f"{change.reason}; a job joined meanwhile, so GitHub is answered once more"
+    return Change("reporting", reason, values)
 
 
 def _gate_row(conn: Connection, column: Any, value: str | None) -> Any:

@@ -6,6 +6,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -364,3 +365,47 @@ def test_one_failing_gate_never_stops_the_worker(world: World, monkeypatch: pyte
     assert world.final_states() == ["approved"]
     assert world.store.list_gates()[0].state == "approved"
     assert len(world.stacksona.requests) == 1 and world.stacksona.replays == 1
+
+
+def test_a_job_joining_while_the_review_is_sent_is_answered_too(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.stacksona.script("api", "allow")
+    world.deliver(world.open("api", deployment={"id": 1, "environment": "api"}))
+    send_review = world.services.github.review
+    joined: list[str] = []
+
+    def review_while_a_job_joins(*args: Any) -> Any:
+        answer = send_review(*args)  # GitHub has applied the first review...
+        second = world.deliver(world.open("api", deployment={"id": 2, "environment": "api"}))
+        joined.append(second.json()["outcome"])  # ...when a second job of the run arrives
+        return answer
+
+    monkeypatch.setattr(world.services.github, "review", review_while_a_job_joins)
+    world.worker.run_once()
+    world.worker.run_once()
+    monkeypatch.undo()
+    world.settle()
+    assert joined == ["joined"]
+    assert world.final_states() == ["approved", "approved"]  # the second job is answered too
+    assert world.store.list_gates()[0].state == "approved"
+    assert any("answered once more" in h.reason for h in world.history(1))
+
+
+def test_answering_again_with_nothing_pending_keeps_the_verdict(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.stacksona.script("api", "allow")
+    payload = world.open("api", deployment={"id": 1, "environment": "api"})
+    world.deliver(payload)
+    send_review = world.services.github.review
+
+    def review_then_duplicate(*args: Any) -> Any:
+        answer = send_review(*args)
+        world.deliver(payload)  # another delivery of the same job, after it was answered
+        return answer
+
+    monkeypatch.setattr(world.services.github, "review", review_then_duplicate)
+    world.worker.run_once()
+    world.worker.run_once()
+    monkeypatch.undo()
+    world.settle()
+    assert [r.status for r in world.github.reviews] == [204, 422]
+    assert world.final_states() == ["approved"]
+    assert world.store.list_gates()[0].state == "approved"

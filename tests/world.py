@@ -23,6 +23,7 @@ from app.settings import Settings
 from app.simulators._server import LoopbackServer
 from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
+from app.steps import Services
 from app.store import OPEN_STATES, Gate, GateStore, HistoryEntry
 from app.web import create_app
 from app.worker import Worker
@@ -53,6 +54,7 @@ class World:
     settings: Settings
     clock: FakeClock
     app_url: str
+    services: Services
 
     @property
     def webhook_url(self) -> str:
@@ -138,7 +140,7 @@ def running_world(
         try:
             with LoopbackServer(create_app(settings, store)) as server:
                 stacksona.callback_url = server.base_url + "/webhooks/stacksona"
-                yield World(github, stacksona, store, worker, settings, clock, server.base_url)
+                yield World(github, stacksona, store, worker, settings, clock, server.base_url, services)
         finally:
             services.stacksona.close()
             if own_engine:

@@ -50,6 +50,8 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
         sa.Column("closed_at", sa.Float, nullable=True),
+        sa.Column("rereview", sa.Boolean, nullable=False),
+        sa.Column("answered_at", sa.Float, nullable=True),
         sa.Column("last_error", sa.Text, nullable=True),
     )
     op.create_index("ix_gates_due", "gates", ["state", "next_attempt_at"])
