@@ -73,7 +73,9 @@ def _web(args: argparse.Namespace) -> int:
 def _run_gunicorn(settings: Settings, *, with_worker: bool, processes: int) -> int:
     from app.server import GateServer
 
-    build_runtime(settings).close()  # migrate once, before any process forks
+    engine = make_engine(settings.database_url)
+    migrate(engine)  # once, before any process forks
+    engine.dispose()
     log.info(
         "listening on %s:%s (worker %s)", settings.host, settings.port, "in-process" if with_worker else "separate"
     )

@@ -56,7 +56,7 @@ class Worker:
 
     def _run_batch(self, pool: ThreadPoolExecutor) -> int:
         try:
-            gates = self._store.claim_due(self._owner, limit=self._concurrency * 2, lease_seconds=self._lease_seconds)
+            gates = self._store.claim_due(self._owner, limit=self._concurrency, lease_seconds=self._lease_seconds)
         except Exception:
             log.exception("cannot claim gates (database unavailable?)")
             return 0
