@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 
 RETRY_BASE_SECONDS = 1.0
 RETRY_CAP_SECONDS = 300.0
@@ -40,12 +41,22 @@ def poll_delay(polls: int, rand: Callable[[], float], *, cap: float) -> float:
     return ceiling * (0.8 + 0.2 * rand())
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header (HTTP dates are rare here; ignored)."""
-    if not value:
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from a `Retry-After` header: delay-seconds or an HTTP date (RFC 9110)."""
+    if not value or not value.strip():
         return None
     try:
         seconds = float(value.strip())
     except ValueError:
-        return None
+        return _seconds_until(value, now)
     return seconds if seconds >= 0 else None
+
+
+def _seconds_until(http_date: str, now: float) -> float | None:
+    try:
+        moment = parsedate_to_datetime(http_date.strip())
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:  # RFC 9110 dates are GMT; a naive parse means "-0000"
+        return None
+    return max(0.0, moment.timestamp() - now)

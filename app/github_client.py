@@ -9,6 +9,7 @@ positional-argument order (keywords only).
 
 from __future__ import annotations
 
+import time
 import threading
 from dataclasses import dataclass
 from typing import Literal
@@ -121,7 +122,7 @@ class GitHubClient:
             token_failure = response.request.url.path.endswith("/access_tokens")
             if response.status_code == 401:
                 self.forget_tokens()
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
             detail = f"HTTP {response.status_code} from {response.request.url.path}"
             return GitHubAnswer(response.status_code, retry_after, detail, token_failure)
         kind = "timeout" if isinstance(exc, RequestTimeout) else type(exc).__name__

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 
 class Secret:
     """Holds a secret; only `reveal()` gives the value back."""
@@ -13,6 +15,10 @@ class Secret:
 
     def reveal(self) -> str:
         return self._value
+
+    def fingerprint(self) -> str:
+        """A short one-way digest: tells two values apart without revealing either."""
+        return hashlib.sha256(self._value.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return "Secret('**********')"

@@ -8,6 +8,7 @@ carrying a `StacksonaFailure`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -64,13 +65,16 @@ class StacksonaClient:
         latest = _latest(self._call("GET", "/api/agent/decisions", params=params))
         if latest is None:
             raise StacksonaCallFailed(StacksonaFailure("empty", detail="no decision listed yet"))
-        return parse_answer(latest, task_id=task_id)
+        return parse_answer(latest, task_id=task_id, thread_id=thread_id)
 
     def validate_approval(self, task_id: str, token: Secret) -> bool:
-        """True only on an explicit valid answer; never validate tokens locally."""
+        """True only on an explicit valid answer about this task; never validate tokens locally."""
         body = {"task_id": task_id, "signature": token.reveal()}
-        data = self._call("POST", "/api/agent/approvals/validate", json=body)
-        return is_explicitly_valid(data)
+        # Undocumented for this call, harmless if ignored: if Stacksona honours it,
+        # a retry after a lost answer replays "valid" instead of "already used".
+        headers = {"Idempotency-Key": f"{task_id}-validate-{token.fingerprint()}"}
+        data = self._call("POST", "/api/agent/approvals/validate", json=body, headers=headers)
+        return is_explicitly_valid(data, task_id=task_id)
 
     def add_event(self, task_id: str, event_type: str, summary: str, payload: Mapping[str, Any]) -> None:
         path = f"/api/agent/tasks/{quote(task_id, safe='')}/events"
@@ -90,16 +94,22 @@ class StacksonaClient:
         return _json_or_empty(response)
 
 
-def parse_answer(data: object, *, task_id: str) -> StacksonaAnswer:
-    """Tolerant about field names, strict about contradictions (they never approve)."""
+def parse_answer(data: object, *, task_id: str, thread_id: str | None = None) -> StacksonaAnswer:
+    """Tolerant about field names, strict about contradictions (they never approve).
+
+    `thread_id` is the thread the answer must be about, when the caller knows it.
+    """
     if not isinstance(data, Mapping):
         raise _malformed("not a JSON object")
     answered_task = _text(data, "task_id")
     if answered_task and answered_task != task_id:
         raise _malformed("the answer is about another task")
+    answered_thread = _text(data, "thread_id", "id") or None
+    if thread_id and answered_thread and answered_thread != thread_id:
+        raise _malformed("the answer is about another thread")
     return StacksonaAnswer(
         status=_status(data),
-        thread_id=_text(data, "thread_id", "id") or None,
+        thread_id=answered_thread,
         task_id=task_id,
         message=_text(data, "message", "comment") or "",
         approval_token=_approval_token(data),
@@ -107,6 +117,11 @@ def parse_answer(data: object, *, task_id: str) -> StacksonaAnswer:
 
 
 def _status(data: Mapping[str, Any]) -> str:
+    for key in ("status", "decision"):
+        # A verdict in an unexpected shape (["reject"], {"v": …}) must not be
+        # skipped in favour of the other field.
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise _malformed(f"{key} is not a string")
     status, decision = _text(data, "status").lower(), _text(data, "decision").lower()
     if status and decision and status != decision:
         raise _malformed(f"status {status[:30]!r} contradicts decision {decision[:30]!r}")
@@ -128,9 +143,11 @@ def _malformed(detail: str) -> StacksonaCallFailed:
     return StacksonaCallFailed(StacksonaFailure("malformed", detail=detail))
 
 
-def is_explicitly_valid(data: object) -> bool:
-    """Both spellings, when present, must say valid; anything else is invalid."""
+def is_explicitly_valid(data: object, *, task_id: str) -> bool:
+    """Both spellings, when present, must say valid, about this task; anything else is invalid."""
     if not isinstance(data, Mapping) or not ("valid" in data or "status" in data):
+        return False
+    if data.get("task_id") not in (None, task_id):
         return False
     valid_ok = "valid" not in data or data["valid"] is True
     status_ok = "status" not in data or str(data["status"]).lower() == "valid"
@@ -167,6 +184,6 @@ def _json_or_empty(response: httpx.Response) -> Any:
 
 
 def _http_failure(response: httpx.Response) -> StacksonaFailure:
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
     detail = f"{response.request.method} {response.request.url.path}"
     return StacksonaFailure("http", response.status_code, retry_after, detail)

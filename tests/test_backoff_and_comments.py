@@ -31,10 +31,22 @@ def test_poll_delay_grows_to_cap() -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "expected"), [("7", 7.0), (" 2.5 ", 2.5), ("-1", None), ("Wed, 21 Oct", None), (None, None)]
+    ("raw", "expected"),
+    [
+        ("7", 7.0),
+        (" 2.5 ", 2.5),
+        ("-1", None),
+        ("Wed, 21 Oct", None),
+        (None, None),
+        ("", None),
+        # HTTP dates count from "now" (1445412450 is 30 s before the date below).
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 30.0),
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
+        ("Wed, 21 Oct 2015 07:28:00", None),
+    ],
 )
 def test_parse_retry_after(raw: str | None, expected: float | None) -> None:
-    assert parse_retry_after(raw) == expected
+    assert parse_retry_after(raw, 1445412450.0) == expected
 
 
 def test_final_comment_carries_reviewer_message_and_reference() -> None:

@@ -175,8 +175,8 @@ def test_task_id_is_percent_encoded_in_path(
             id="blank-falls-back-int-id",
         ),
         pytest.param(
-            {"status": True, "thread_id": None, "message": ["x"]},
-            StacksonaAnswer("", None, "task-1", ""),
+            {"status": "allow", "thread_id": None, "message": ["x"]},
+            StacksonaAnswer("allow", None, "task-1", ""),
             id="wrong-types-ignored",
         ),
         pytest.param({}, StacksonaAnswer("", None, "task-1", ""), id="empty-object"),
@@ -219,13 +219,25 @@ def test_parse_answer_with_unusable_token_is_malformed(token_value: object) -> N
         {"status": "approved", "decision": "rejected"},
         {"status": "allow", "decision": "reject"},
         {"status": "approved", "task_id": "someone-elses-task"},
+        {"status": ["reject"], "decision": "allow"},
+        {"status": {"v": "rejected"}, "decision": "approved"},
+        {"status": True},
+        {"status": "approved", "decision": 1},
     ],
-    ids=["status-vs-decision", "allow-vs-reject", "other-task"],
+    ids=["status-vs-decision", "allow-vs-reject", "other-task", "list", "object", "bool", "int"],
 )
 def test_parse_answer_refuses_contradictions(data: dict[str, Any]) -> None:
     with pytest.raises(StacksonaCallFailed) as info:
         parse_answer(data, task_id="task-1")
     assert info.value.failure.kind == "malformed"
+
+
+def test_parse_answer_refuses_another_thread() -> None:
+    with pytest.raises(StacksonaCallFailed) as info:
+        parse_answer({"status": "approved", "thread_id": "thr_other"}, task_id="task-1", thread_id="thr_1")
+    assert info.value.failure.kind == "malformed"
+    same = parse_answer({"status": "approved", "thread_id": "thr_1"}, task_id="task-1", thread_id="thr_1")
+    assert same.thread_id == "thr_1"
 
 
 @pytest.mark.parametrize("data", [[], [{"status": "allow"}], "allow", None, 3])
@@ -248,14 +260,25 @@ def test_parse_answer_rejects_non_objects(data: object) -> None:
     ],
 )
 def test_get_decision_query(gate: FakeGate, client: StacksonaClient, thread_id: str | None, expected_url: str) -> None:
-    gate.expect("GET", expected_url, httpx.Response(200, json={"status": "pending_review", "thread_id": "th_9"}))
+    answered_thread = thread_id or "th_9"
+    reply = {"status": "pending_review", "thread_id": answered_thread}
+    gate.expect("GET", expected_url, httpx.Response(200, json=reply))
 
     answer = client.get_decision(thread_id=thread_id, task_id="task-1")
 
     (sent,) = gate.requests
     assert sent.headers["Authorization"] == f"Bearer {API_KEY}"
     assert sent.content == b""
-    assert answer == StacksonaAnswer("pending_review", "th_9", "task-1", "")
+    assert answer == StacksonaAnswer("pending_review", answered_thread, "task-1", "")
+
+
+def test_get_decision_about_another_thread_is_malformed(gate: FakeGate, client: StacksonaClient) -> None:
+    reply = {"status": "approved", "thread_id": "thr_other"}
+    gate.expect("GET", f"{BASE}/api/agent/decisions?thread_id=thr_1", httpx.Response(200, json=reply))
+
+    with pytest.raises(StacksonaCallFailed) as info:
+        client.get_decision(thread_id="thr_1", task_id="task-1")
+    assert info.value.failure.kind == "malformed"
 
 
 @pytest.mark.parametrize(
@@ -334,6 +357,8 @@ def test_get_decision_without_a_decision_is_malformed(gate: FakeGate, client: St
         ({"valid": False, "status": "valid"}, False),
         ({"valid": True, "status": "revoked"}, False),
         ({"valid": True, "status": "valid"}, True),
+        ({"valid": True, "task_id": "task-1"}, True),
+        ({"valid": True, "task_id": "gh-other"}, False),
         ("valid", False),
         (True, False),
     ],
@@ -348,6 +373,9 @@ def test_validate_approval_true_only_on_explicit_valid(
     (sent,) = gate.requests
     assert body_of(sent) == {"task_id": "task-1", "signature": TOKEN}
     assert sent.headers["Authorization"] == f"Bearer {API_KEY}"
+    key = sent.headers["Idempotency-Key"]
+    assert key == f"task-1-validate-{Secret(TOKEN).fingerprint()}"
+    assert TOKEN not in key
 
 
 def test_validate_approval_empty_body_is_not_valid(gate: FakeGate, client: StacksonaClient) -> None:
@@ -368,8 +396,8 @@ def test_validate_approval_http_error_raises(gate: FakeGate, client: StacksonaCl
 
 
 def test_is_explicitly_valid_is_strict_about_bool() -> None:
-    assert is_explicitly_valid({"valid": True}) is True
-    assert is_explicitly_valid({"valid": 1.0}) is False
+    assert is_explicitly_valid({"valid": True}, task_id="t") is True
+    assert is_explicitly_valid({"valid": 1.0}, task_id="t") is False
 
 
 # --- add_event ------------------------------------------------------------------------------------
