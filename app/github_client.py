@@ -90,7 +90,7 @@ class GitHubClient:
         headers = {"X-GitHub-Api-Version": self._api_version}
         try:
             if state is None:
-                actions.review_custom_gates_for_run(
+                response = actions.review_custom_gates_for_run(
                     owner=target.owner,
                     repo=target.repo,
                     run_id=target.run_id,
@@ -99,7 +99,7 @@ class GitHubClient:
                     comment=comment,
                 )
             else:
-                actions.review_custom_gates_for_run(
+                response = actions.review_custom_gates_for_run(
                     owner=target.owner,
                     repo=target.repo,
                     run_id=target.run_id,
@@ -110,7 +110,7 @@ class GitHubClient:
                 )
         except GitHubException as exc:
             return self._answer_from(exc)
-        return GitHubAnswer(204)
+        return _answer_from_success(response.raw_response)
 
     def _answer_from(self, exc: GitHubException) -> GitHubAnswer:
         # A failed token mint surfaces as a RequestError wrapping the RequestFailed.
@@ -147,3 +147,15 @@ class GitHubClient:
             follow_redirects=False,
             user_agent="stacksona-gate",
         )
+
+
+def _answer_from_success(response: httpx.Response) -> GitHubAnswer:
+    # githubkit raises only for 4xx/5xx. A redirect (GitHub answers 307 for a
+    # renamed or transferred repository) is not followed, so it answered nothing.
+    if response.is_success:
+        return GitHubAnswer(response.status_code)
+    location = response.headers.get("Location", "")[:200]
+    detail = f"HTTP {response.status_code} from {response.request.url.path}"
+    if response.is_redirect:
+        detail += f" redirecting to {location} (repository renamed or transferred?)"
+    return GitHubAnswer(response.status_code, None, detail)

@@ -25,6 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from app.decision import ReviewResult, classify_review_response
 from app.github_client import GitHubAnswer, GitHubClient, ReviewState, RunTarget
 from app.secret import Secret
 
@@ -362,6 +363,19 @@ def test_review_result_mapping(
     # githubkit must not retry (or sleep) by itself: exactly one review request.
     assert len(github.review_requests) == 1
     assert len(github.token_requests) == 1
+
+
+@pytest.mark.parametrize("status_code", [301, 302, 307, 308, 304])
+def test_redirect_is_not_a_successful_review(github: FakeGitHub, client: GitHubClient, status_code: int) -> None:
+    moved = f"{GITHUB_API}/repositories/1000/actions/runs/987654321/deployment_protection_rule"
+    github.review_outcomes.append(respond(status_code, headers={"Location": moved}))
+
+    answer = client.review(TARGET, "approved", COMMENT)
+
+    assert answer.status_code == status_code
+    assert classify_review_response(answer.status_code) is ReviewResult.FAILED
+    assert answer.detail.startswith(f"HTTP {status_code} from {REVIEW_PATH}")
+    assert len(github.review_requests) == 1  # not followed: nothing else saw the token
 
 
 def test_no_builtin_retry_on_500(github: FakeGitHub, client: GitHubClient) -> None:
