@@ -9,8 +9,8 @@ positional-argument order (keywords only).
 
 from __future__ import annotations
 
-import time
 import threading
+import time
 from dataclasses import dataclass
 from typing import Literal
 
