@@ -77,6 +77,11 @@ gates = Table(
     # it as answered, so the review is sent once more (see GateStore.apply).
     Column("rereview", Boolean, nullable=False, default=False),
     Column("answered_at", Float, nullable=True),
+    # Set before the final review is sent: a later "nothing pending" answer
+    # then most likely means an earlier attempt got through (see steps._report).
+    Column("review_sent_at", Float, nullable=True),
+    # Fingerprint of the one-time approval token about to be validated.
+    Column("token_checked", String(32), nullable=True),
     Column("last_error", Text, nullable=True),
     Index("ix_gates_due", "state", "next_attempt_at"),
     Index("ix_gates_thread_id", "thread_id"),

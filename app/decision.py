@@ -110,10 +110,20 @@ def _decide_approved(answer: StacksonaAnswer, *, token_required: bool) -> Answer
     return Approve("A Stacksona reviewer approved the deployment", answer.message)
 
 
-def decide_after_validation(valid: bool, message: str = "") -> Verdict:
-    """Only an explicit valid answer from Stacksona's validate call approves."""
+def decide_after_validation(valid: bool, message: str = "", *, tried_before: bool = False) -> Verdict:
+    """Only an explicit valid answer from Stacksona's validate call approves.
+
+    `tried_before`: this very token was sent for validation in an earlier
+    attempt whose answer was lost, so "not valid" may only mean "already used".
+    """
     if valid:
         return Approve("A Stacksona reviewer approved the deployment (approval token validated)", message)
+    if tried_before:
+        return Reject(
+            "Stacksona said the one-time approval token is not valid; an earlier validation's answer was lost, "
+            "so it may have been spent then. Rejected to be safe: re-run the deployment to ask again",
+            message,
+        )
     return Reject("Stacksona said the approval token is not valid", message)
 
 

@@ -7,8 +7,9 @@ from the pure core in `app.decision`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from app import comments
 from app.backoff import poll_delay, retry_delay
@@ -36,6 +37,14 @@ from app.store import Change, Gate
 GITHUB_WAIT_LIMIT_SECONDS = 30 * 86400.0
 STATUS_REPORT_TRIES = 3
 
+# Writes progress before a call that cannot be repeated blind; False when the
+# worker no longer holds the gate's lease (see GateStore.mark).
+Checkpoint = Callable[[Mapping[str, Any]], bool]
+
+
+class LeaseLost(Exception):
+    """The gate's lease is gone: another worker owns it, so this step must not call out."""
+
 
 @dataclass(frozen=True)
 class Services:
@@ -46,51 +55,55 @@ class Services:
     rand: Callable[[], float]
 
 
-def run_step(gate: Gate, svc: Services) -> Change:
+def run_step(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
     if gate.state in ("new", "awaiting_review") and svc.clock() >= gate.deadline_at:
         deadline = comments.format_time(gate.deadline_at)
         return _to_reporting(gate, Reject(f"No Stacksona decision before the deadline ({deadline}): timed out"), svc)
     if gate.state == "new":
-        return _ask(gate, svc)
+        return _ask(gate, svc, checkpoint)
     if gate.state == "awaiting_review":
-        return _poll(gate, svc) if gate.status_reported else _post_status_report(gate, svc)
+        return _poll(gate, svc, checkpoint) if gate.status_reported else _post_status_report(gate, svc)
     if gate.state == "reporting":
-        return _report(gate, svc)
+        return _report(gate, svc, checkpoint)
     raise ValueError(f"gate {gate.id} is {gate.state!r}: nothing to do")
 
 
-def _ask(gate: Gate, svc: Services) -> Change:
+def _ask(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
     request = build_decision_request(gate, svc.settings.environment_rules, svc.settings.github_web_url)
     try:
         answer = svc.stacksona.create_request(gate.task_id, request)
     except StacksonaCallFailed as exc:
         return _after_outcome(gate, decide_on_failure(exc.failure), gate.thread_id, svc)
-    return _after_answer(gate, answer, svc)
+    return _after_answer(gate, answer, svc, checkpoint)
 
 
-def _poll(gate: Gate, svc: Services) -> Change:
+def _poll(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
     try:
         answer = svc.stacksona.get_decision(thread_id=gate.thread_id, task_id=gate.task_id)
     except StacksonaCallFailed as exc:
         return _after_outcome(gate, decide_on_failure(exc.failure), gate.thread_id, svc)
-    return _after_answer(gate, answer, svc)
+    return _after_answer(gate, answer, svc, checkpoint)
 
 
-def _after_answer(gate: Gate, answer: StacksonaAnswer, svc: Services) -> Change:
+def _after_answer(gate: Gate, answer: StacksonaAnswer, svc: Services, checkpoint: Checkpoint) -> Change:
     token_required = svc.settings.stacksona_require_approval_token
     outcome = decide(answer, token_required=token_required)
     if isinstance(outcome, ValidateToken):
-        return _after_outcome(gate, _validate(gate, outcome, svc), answer.thread_id, svc)
+        return _after_outcome(gate, _validate(gate, outcome, svc, checkpoint), answer.thread_id, svc)
     return _after_outcome(gate, outcome, answer.thread_id or gate.thread_id, svc)
 
 
-def _validate(gate: Gate, check: ValidateToken, svc: Services) -> Verdict | Retry:
+def _validate(gate: Gate, check: ValidateToken, svc: Services, checkpoint: Checkpoint) -> Verdict | Retry:
     # Validated only here, immediately before approving: tokens are one-time.
+    fingerprint = check.token.fingerprint()
+    tried_before = gate.token_checked == fingerprint
+    if not checkpoint({"token_checked": fingerprint}):
+        raise LeaseLost(f"gate {gate.id}: lease lost before validating the approval token")
     try:
         valid = svc.stacksona.validate_approval(gate.task_id, check.token)
     except StacksonaCallFailed as exc:
         return decide_on_failure(exc.failure)
-    return decide_after_validation(valid, check.message)
+    return decide_after_validation(valid, check.message, tried_before=tried_before)
 
 
 def _after_outcome(
@@ -140,17 +153,24 @@ def _post_status_report(gate: Gate, svc: Services) -> Change:
     return Change(gate.state, reason, {"status_reported": True, "attempts": 0, "last_error": None})
 
 
-def _report(gate: Gate, svc: Services) -> Change:
+def _report(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
     state: ReviewState = "approved" if gate.verdict == "approved" else "rejected"
     text = comments.final_comment(
         state == "approved", gate.verdict_reason or "", gate.reviewer_message or "", _context(gate, svc)
     )
+    if not checkpoint({"review_sent_at": svc.clock()}):
+        raise LeaseLost(f"gate {gate.id}: lease lost before sending the review")
     answer = svc.github.review(_target(gate), state, text)
     result = _review_result(answer)
     if result is ReviewResult.DONE:
         return Change(state, f"GitHub deployment {state}", {"last_error": None})
     if result is ReviewResult.SUPERSEDED and gate.answered_at is not None:
         return Change(state, f"GitHub deployment {state}; the repeated answer found nothing more pending")
+    if result is ReviewResult.SUPERSEDED and gate.review_sent_at is not None:
+        # An earlier attempt's answer was lost (crash, timeout): GitHub most
+        # likely took that review, which is why nothing is pending now.
+        reason = f"GitHub has nothing pending after an earlier {state} review whose answer was lost ({answer.detail})"
+        return Change(state, reason)
     if result is ReviewResult.SUPERSEDED:
         return Change("superseded", f"GitHub had nothing pending any more ({answer.detail}); {state} not needed")
     if result is ReviewResult.RETRY and svc.clock() < gate.created_at + GITHUB_WAIT_LIMIT_SECONDS:

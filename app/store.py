@@ -64,6 +64,8 @@ class Gate:
     last_error: str | None
     lease_owner: str | None = None
     answered_at: float | None = None
+    review_sent_at: float | None = None
+    token_checked: str | None = None
 
     @property
     def full_name(self) -> str:
@@ -124,7 +126,9 @@ class GateStore:
         if (gate_id := seen.scalar()) is not None:
             return gate_id, AcceptOutcome.DUPLICATE
         key = open_key(request)
-        row = conn.execute(select(gates.c.id, gates.c.state).where(gates.c.open_key == key)).first()
+        # Locked: a worker closing this gate right now (apply) must finish first,
+        # or this job would join a gate whose final review is already recorded.
+        row = conn.execute(select(gates.c.id, gates.c.state).where(gates.c.open_key == key).with_for_update()).first()
         if row is not None:
             gate_id, outcome = row.id, AcceptOutcome.JOINED
             reason = f"delivery {delivery_id} joined the gate"
@@ -196,6 +200,23 @@ class GateStore:
                 _record(conn, gate.id, now, gate.state, change.state, change.reason)
             return True
 
+    def mark(self, gate: Gate, values: Mapping[str, Any]) -> bool:
+        """Record that a step is about to call out, if this worker still holds a live lease.
+
+        Some calls cannot be safely repeated blind (a one-time approval token,
+        a review GitHub may already have taken): a later step must know they
+        were attempted even if this worker dies before `apply`.
+        """
+        now = self._clock()
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                update(gates)
+                .where(gates.c.id == gate.id, gates.c.generation == gate.generation)
+                .where(gates.c.lease_owner == gate.lease_owner, gates.c.lease_expires_at > now)
+                .values(**values, updated_at=now)
+            )
+            return result.rowcount == 1
+
     def wake(self, *, thread_id: str | None, task_id: str | None) -> Gate | None:
         """Make a gate awaiting review due now; None if no gate has this thread or task.
 
@@ -208,7 +229,9 @@ class GateStore:
             if row is None:
                 return None
             if row.state == "awaiting_review":
-                conn.execute(update(gates).where(gates.c.id == row.id).values(next_attempt_at=now, woken=True))
+                # Conditional: on PostgreSQL the gate may have moved on since it was read.
+                awaiting = (gates.c.id == row.id) & (gates.c.state == "awaiting_review")
+                conn.execute(update(gates).where(awaiting).values(next_attempt_at=now, woken=True))
             return _gate(row._mapping)
 
     def get(self, gate_id: int) -> Gate | None:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from app.backoff import retry_delay
 from app.stacksona import StacksonaCallFailed
-from app.steps import Services, run_step
+from app.steps import LeaseLost, Services, run_step
 from app.store import FINAL_STATES, Change, Gate, GateStore
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,10 @@ class Worker:
 
     def _step_and_store(self, gate: Gate) -> None:
         try:
-            change = run_step(gate, self._svc)
+            change = run_step(gate, self._svc, lambda values: self._store.mark(gate, values))
+        except LeaseLost as exc:
+            log.warning("%s; another worker carries on", exc)
+            return
         except Exception as exc:
             log.exception("gate %s: step failed unexpectedly", gate.id)
             change = Change(gate.state, f"internal error {type(exc).__name__}; will retry", _later(gate, self._svc))

@@ -74,9 +74,19 @@ def test_approved_with_token_asks_for_validation_of_that_token() -> None:
     assert outcome == ValidateToken(TOKEN, "ok")
 
 
-@pytest.mark.parametrize(("valid", "expected"), [(True, Approve), (False, Reject)])
-def test_after_validation(valid: bool, expected: type) -> None:
-    assert type(decide_after_validation(valid, "msg")) is expected
+@pytest.mark.parametrize(
+    ("valid", "tried_before", "expected", "words"),
+    [
+        (True, False, Approve, "token validated"),
+        (True, True, Approve, "token validated"),
+        (False, False, Reject, "not valid"),
+        (False, True, Reject, "earlier validation's answer was lost"),
+    ],
+)
+def test_after_validation(valid: bool, tried_before: bool, expected: type, words: str) -> None:
+    outcome = decide_after_validation(valid, "msg", tried_before=tried_before)
+    assert type(outcome) is expected
+    assert words in outcome.reason and outcome.message == "msg"
 
 
 FAILURES = [

@@ -409,3 +409,60 @@ def test_answering_again_with_nothing_pending_keeps_the_verdict(world: World, mo
     assert [r.status for r in world.github.reviews] == [204, 422]
     assert world.final_states() == ["approved"]
     assert world.store.list_gates()[0].state == "approved"
+
+
+def crash_after_the_call(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker round whose result is never stored (the worker dies after calling out)."""
+
+    def dies(*_args: object) -> bool:
+        raise RuntimeError("SIGKILL")
+
+    monkeypatch.setattr(world.store, "apply", dies)
+    assert world.worker.run_once() == 1
+    monkeypatch.undo()
+
+
+def test_review_whose_answer_was_lost_keeps_its_verdict(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.stacksona.script("api", "allow")
+    gate_id = world.deploy("api")
+    world.worker.run_once()  # asked: reporting
+    assert world.gate(gate_id).state == "reporting"
+    crash_after_the_call(world, monkeypatch)  # GitHub took the review; the worker died
+    world.later(world.settings.worker_lease_seconds + 1)
+    assert [r.status for r in world.github.reviews] == [204, 422]
+    assert world.final_states() == ["approved"]
+    gate = world.gate(gate_id)
+    assert gate.state == "approved", gate.state
+    assert "answer was lost" in world.history(gate_id)[-1].reason
+
+
+def test_first_review_refused_as_nothing_pending_is_superseded(world: World) -> None:
+    world.stacksona.script("api", "allow")
+    gate_id = world.deploy("api")
+    world.github.cancel_run(OWNER, REPO, 42)
+    world.settle()
+    assert world.gate(gate_id).state == "superseded"
+
+
+def test_lost_validation_answer_rejects_with_an_honest_reason(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate_id = world.deploy("production")
+    world.settle()
+    world.stacksona.decide(world.stacksona.pending_threads()[0], "approved", message="ok")
+    crash_after_the_call(world, monkeypatch)  # the one-time token was spent; the answer lost
+    world.later(world.settings.worker_lease_seconds + 1)
+    assert [valid for (_t, _s, valid) in world.stacksona.validations] == [True, False]
+    assert world.final_states() == ["rejected"]
+    assert "earlier validation's answer was lost" in world.gate(gate_id).verdict_reason
+
+
+def test_a_worker_that_lost_its_lease_never_validates(world: World) -> None:
+    gate_id = world.deploy("production")
+    world.settle()
+    world.stacksona.decide(world.stacksona.pending_threads()[0], "approved", message="ok")
+    [gate] = world.store.claim_due("slow-worker", limit=1, lease_seconds=1)
+    world.clock.advance(2)  # the slow worker's lease ran out; another worker takes the gate
+    world.settle()
+    world.worker.process(gate)  # the slow worker wakes up: it must not spend the token again
+    assert [valid for (_t, _s, valid) in world.stacksona.validations] == [True]
+    assert world.final_states() == ["approved"]
+    assert world.gate(gate_id).state == "approved"

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from app.db import gates
 from app.payload import DeploymentRequest
@@ -292,6 +292,26 @@ def test_concurrent_same_delivery_is_stored_once(store: GateStore, engine: Engin
     assert len(store.history(gate_id)) == 1
 
 
+def test_a_delivery_racing_the_final_apply_never_joins_the_closed_gate(
+    store: GateStore, engine: Engine, clock: FakeClock
+) -> None:
+    gate_id, _ = accept(store, "d-1")
+    assert store.apply(claim_one(store), Change("reporting", "verdict approved"))
+    results: list[tuple[int, AcceptOutcome]] = []
+    racer = threading.Thread(target=lambda: results.append(accept(store, "d-2")))
+    with engine.begin() as conn:  # the worker's apply of the final review, not yet committed
+        conn.execute(select(gates.c.id).where(gates.c.id == gate_id).with_for_update())
+        closing = {"state": "approved", "open_key": None, "closed_at": clock.now}
+        conn.execute(update(gates).where(gates.c.id == gate_id).values(**closing))
+        racer.start()
+        racer.join(0.5)
+        assert racer.is_alive(), "the delivery must wait for the gate's row"
+    racer.join(30)
+    [(new_id, outcome)] = results
+    assert outcome is AcceptOutcome.CREATED and new_id != gate_id
+    assert column(engine, gate_id, "rereview") is False
+
+
 # --- claim_due ---------------------------------------------------------------
 
 
@@ -442,6 +462,21 @@ def test_stale_generation_with_same_owner_name_cannot_apply(store: GateStore, cl
     assert store.apply(stale, Change("approved", "late")) is False
     assert store.get(gate_id).state == "new"  # type: ignore[union-attr]
     assert store.apply(current, Change("approved", "now")) is True
+
+
+def test_mark_needs_the_live_lease_of_this_claim(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+    gate_id, _ = accept(store, "d-1")
+    first = claim_one(store, "w1")
+    assert store.mark(first, {"token_checked": "fp-1"})
+    assert column(engine, gate_id, "token_checked") == "fp-1"
+    assert column(engine, gate_id, "state") == "new"  # a mark is no transition
+    clock.advance(LEASE + 1)
+    assert not store.mark(first, {"token_checked": "fp-2"}), "an expired lease must not mark"
+    second = claim_one(store, "w2")
+    assert not store.mark(first, {"token_checked": "fp-3"}), "a reclaimed gate must not take the old worker's mark"
+    assert store.mark(second, {"review_sent_at": clock.now})
+    assert column(engine, gate_id, "token_checked") == "fp-1"
+    assert store.history(gate_id)[-1].to_state == "new"
 
 
 def test_unrecorded_unchanged_state_writes_no_history(store: GateStore, clock: FakeClock) -> None:
