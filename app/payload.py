@@ -12,10 +12,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import unquote, urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# Ids are stored as BIGINT: anything larger is not a real GitHub id.
+MAX_ID = 2**63 - 1
+# Column widths of the gates table; GitHub's own limits are within them.
+_MAX_LENGTHS = {"environment": 255, "repository.name": 100, "repository.owner.login": 100}
 _CALLBACK_PATH = re.compile(
     r"^/repos/(?P<owner>[^/]+)/(?P<repo>[^/]+)/actions/runs/(?P<run_id>[0-9]{1,19})"
     r"/deployment_protection_rule$"
@@ -90,7 +94,7 @@ def parse_callback_url(url: str, api_base_url: str, *, owner: str, repo: str) ->
     if not same_repo:
         raise PayloadError("deployment_callback_url names another repository than the payload")
     run_id = int(match["run_id"])
-    if run_id <= 0:
+    if not 0 < run_id <= MAX_ID:
         raise PayloadError("deployment_callback_url has an invalid run id")
     return run_id
 
@@ -114,18 +118,31 @@ def _string(data: Mapping[str, Any], key: str, label: str | None = None) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value.strip():
         raise PayloadError(f"{label or key} must be a non-empty string")
-    return value
+    if len(value) > _MAX_LENGTHS.get(label or key, 1000):
+        raise PayloadError(f"{label or key} is longer than GitHub allows")
+    return _without_nul(value, label or key)
 
 
 def _optional_string(data: object, key: str) -> str:
     value = data.get(key) if isinstance(data, Mapping) else None
-    return value if isinstance(value, str) else ""
+    return _without_nul(value, key) if isinstance(value, str) else ""
+
+
+def _without_nul(value: str, label: str) -> str:
+    # PostgreSQL text cannot hold NUL; no real GitHub name contains one.
+    if "\x00" in value:
+        raise PayloadError(f"{label} must not contain NUL characters")
+    return value
+
+
+def _is_id(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
 
 
 def _positive_int(data: Mapping[str, Any], key: str, label: str) -> int:
     value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise PayloadError(f"{label} must be a positive integer")
+    if not _is_id(value):
+        raise PayloadError(f"{label} must be a positive integer (at most {MAX_ID})")
     return value
 
 
@@ -133,11 +150,11 @@ def _pull_request_numbers(value: object) -> tuple[int, ...]:
     if not isinstance(value, list):
         return ()
     numbers = (item.get("number") for item in value if isinstance(item, Mapping))
-    return tuple(n for n in numbers if isinstance(n, int) and not isinstance(n, bool))
+    return tuple(n for n in numbers if _is_id(n))
 
 
 def _deployment_id(value: object) -> int | None:
     if not isinstance(value, Mapping):
         return None
     deployment_id = value.get("id")
-    return deployment_id if isinstance(deployment_id, int) else None
+    return deployment_id if _is_id(deployment_id) else None

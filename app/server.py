@@ -40,6 +40,10 @@ class GateServer(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         for key, value in self._options.items():
             self.cfg.set(key, value)
+        if "control_socket_disable" in self.cfg.settings:
+            # gunicorn ≥ 24 opens a control socket in $HOME by default: two
+            # instances on one host share (and delete) it, and a read-only home fails.
+            self.cfg.set("control_socket_disable", True)
 
     def load(self) -> Flask:
         runtime = build_runtime(self._settings, run_migrations=False)

@@ -77,7 +77,9 @@ def create_app(
 
 
 def handle_github_delivery(settings: Settings, store: GateStore) -> tuple[int, dict[str, Any]]:
-    body = request.get_data(cache=False)
+    body = _read_body(settings.max_webhook_bytes)
+    if body is None:
+        return 413, {"error": f"body larger than {settings.max_webhook_bytes} bytes", "outcome": "too_large"}
     secret = settings.github_webhook_secret.reveal()
     if not is_valid_signature(secret, body, request.headers.get("X-Hub-Signature-256")):
         return 401, {"error": "missing or invalid X-Hub-Signature-256", "outcome": "bad_signature"}
@@ -89,7 +91,7 @@ def handle_github_delivery(settings: Settings, store: GateStore) -> tuple[int, d
         return 200, {"outcome": "ignored", "reason": f"event {event or '<none>'!r} is not handled"}
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return 400, {"error": "body is not valid JSON", "outcome": "bad_request"}
     if not isinstance(payload, dict):
         return 400, {"error": "body must be a JSON object", "outcome": "bad_request"}
@@ -99,6 +101,21 @@ def handle_github_delivery(settings: Settings, store: GateStore) -> tuple[int, d
     if not delivery_id or len(delivery_id) > 100:
         return 400, {"error": "X-GitHub-Delivery header is missing or too long", "outcome": "bad_request"}
     return _store_delivery(settings, store, delivery_id, payload)
+
+
+def _read_body(limit: int) -> bytes | None:
+    """The raw body, or None when it is larger than `limit`.
+
+    With a Content-Length, Flask's MAX_CONTENT_LENGTH already answered 413. A
+    chunked body has none, and Werkzeug would silently cut it at the limit: the
+    signature check would then call a merely large delivery forged.
+    """
+    if request.content_length is not None:
+        return request.get_data(cache=False)
+    if not request.environ.get("wsgi.input_terminated"):
+        return b""
+    body: bytes = request.environ["wsgi.input"].read(limit + 1)
+    return None if len(body) > limit else body
 
 
 def _store_delivery(
@@ -128,7 +145,8 @@ def _store_delivery(
 def handle_stacksona_callback(settings: Settings, store: GateStore) -> tuple[int, dict[str, Any]]:
     if settings.stacksona_webhook_token and not _has_callback_token(settings.stacksona_webhook_token.reveal()):
         return 401, {"error": "missing or wrong callback token", "outcome": "bad_token"}
-    data = request.get_json(silent=True)
+    # Stacksona does not document its callback's Content-Type: parse regardless.
+    data = request.get_json(force=True, silent=True)
     if not isinstance(data, dict):
         return 400, {"error": "body must be a JSON object", "outcome": "bad_request"}
     thread_id, task_id = _text(data.get("thread_id") or data.get("id")), _text(data.get("task_id"))

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.test import EnvironBuilder
 
 from app.db import make_engine, migrate
+from app.payload import parse_deployment_request
 from app.secret import Secret
 from app.signature import sign
 from app.store import GateStore
@@ -123,8 +125,30 @@ def test_ignored_events_are_200(client: FlaskClient, store: GateStore, event: st
         ),
         (deployment_payload(environment=None), "environment"),
         (deployment_payload(installation=None), "installation"),
+        (b"[" * 30_000 + b"]" * 30_000, "JSON"),
+        (deployment_payload(installation={"id": 2**63}), "installation.id"),
+        (
+            deployment_payload(
+                deployment_callback_url=f"{API}/repos/acme/shop/actions/runs/{2**63}/deployment_protection_rule"
+            ),
+            "run id",
+        ),
+        (deployment_payload(environment="prod\x00uction"), "NUL"),
+        (deployment_payload(environment="e" * 256), "longer"),
     ],
-    ids=["not-json", "not-object", "foreign-host", "repo-mismatch", "no-environment", "no-installation"],
+    ids=[
+        "not-json",
+        "not-object",
+        "foreign-host",
+        "repo-mismatch",
+        "no-environment",
+        "no-installation",
+        "deeply-nested",
+        "id-beyond-bigint",
+        "run-id-beyond-bigint",
+        "nul-character",
+        "environment-too-long",
+    ],
 )
 def test_malformed_deliveries_are_400_with_a_reason(
     client: FlaskClient, store: GateStore, body: bytes | dict[str, Any], words: str
@@ -147,6 +171,26 @@ def test_too_large_is_413(client: FlaskClient, store: GateStore) -> None:
     assert store.list_gates() == []
 
 
+@pytest.mark.parametrize(("size", "status"), [(1024, 202), (70 * 1024, 413)])
+def test_chunked_body_without_length_is_measured_not_cut(
+    client: FlaskClient, store: GateStore, size: int, status: int
+) -> None:
+    raw = json.dumps(deployment_payload(padding="x" * size)).encode()
+    headers = {
+        "X-GitHub-Event": "deployment_protection_rule",
+        "X-GitHub-Delivery": "d-chunked",
+        "X-Hub-Signature-256": sign(WEBHOOK_SECRET, raw),
+        "Content-Type": "application/json",
+    }
+    environ = EnvironBuilder("/webhooks/github", method="POST", data=raw, headers=headers).get_environ()
+    # What gunicorn hands over for Transfer-Encoding: chunked: no CONTENT_LENGTH, a terminated input.
+    del environ["CONTENT_LENGTH"]
+    environ["wsgi.input_terminated"] = True
+    response = client.open(environ)
+    assert response.status_code == status, response.json
+    assert len(store.list_gates()) == (1 if status == 202 else 0)
+
+
 def test_database_down_is_503_never_2xx(tmp_path: Path, private_pem: str) -> None:
     broken = GateStore(make_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}"), time.time)
     client = client_for(broken, private_pem)
@@ -159,6 +203,13 @@ def test_database_down_is_503_never_2xx(tmp_path: Path, private_pem: str) -> Non
 def test_stacksona_callback_unknown_thread_is_404(client: FlaskClient) -> None:
     response = client.post("/webhooks/stacksona", json={"thread_id": "thr_nope", "decision": "approved"})
     assert response.status_code == 404
+
+
+def test_stacksona_callback_without_json_content_type_is_read(client: FlaskClient, store: GateStore) -> None:
+    gate_id, _ = store.accept("d-1", parse_deployment_request(deployment_payload(), API), deadline_seconds=60)
+    body = json.dumps({"task_id": store.get(gate_id).task_id}).encode()  # type: ignore[union-attr]
+    response = client.post("/webhooks/stacksona", data=body, content_type="text/plain")
+    assert response.status_code == 202, response.json
 
 
 def test_stacksona_callback_needs_an_id(client: FlaskClient) -> None:

@@ -1,0 +1,105 @@
+"""`stacksona-gate serve` as a user runs it: gunicorn and the worker in one process, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.signature import sign
+from app.simulators.github import GitHubSimulator
+from app.simulators.stacksona import StacksonaSimulator
+from tests.test_worker_process import Deployment, wait_for
+from tests.world import API_KEY, APP_ID, OWNER, REPO, WEBHOOK_SECRET
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Served:
+    def __init__(self, deployment: Deployment, process: subprocess.Popen[bytes], base_url: str) -> None:
+        self.d, self.process, self.base_url = deployment, process, base_url
+
+    def log(self) -> str:
+        return (self.d.tmp_path / "serve.log").read_text()
+
+
+@pytest.fixture
+def served(tmp_path: Path, private_pem: str, public_pem: bytes) -> Iterator[Served]:
+    with (
+        GitHubSimulator(app_id=APP_ID, public_key_pem=public_pem) as github,
+        StacksonaSimulator(api_key=API_KEY) as stacksona,
+    ):
+        d = Deployment(tmp_path, private_pem, github, stacksona)
+        port = free_port()
+        env = d.env | {"PORT": str(port), "HOST": "127.0.0.1", "MAX_WEBHOOK_BYTES": "65536"}
+        with open(tmp_path / "serve.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve"], env=env, cwd=tmp_path, stdout=log, stderr=log
+            )
+        served = Served(d, process, f"http://127.0.0.1:{port}")
+        stacksona.callback_url = served.base_url + "/webhooks/stacksona"
+        try:
+            wait_for(lambda: _healthy(served.base_url))
+            yield served
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def _healthy(base_url: str) -> bool | None:
+    try:
+        return httpx.get(base_url + "/healthz", timeout=1).status_code == 200 or None
+    except httpx.HTTPError:
+        return None
+
+
+def test_serve_gates_deployments_and_stops_on_sigterm(served: Served) -> None:
+    d, webhook_url = served.d, served.base_url + "/webhooks/github"
+    d.stacksona.script("api", "allow")
+    allowed = d.github.open_deployment(owner=OWNER, repo=REPO, run_id=501, environment="api")
+    assert d.github.deliver(webhook_url, allowed, secret=WEBHOOK_SECRET).status_code == 202
+    pending = d.github.open_deployment(owner=OWNER, repo=REPO, run_id=502, environment="production")
+    assert d.github.deliver(webhook_url, pending, secret=WEBHOOK_SECRET).status_code == 202
+
+    wait_for(lambda: d.github.final_reviews(run_id=501) or None)
+    thread_id = wait_for(lambda: (d.stacksona.pending_threads() or [None])[0])
+    d.stacksona.decide(thread_id, "approved", message="go")  # the callback wakes the in-process worker
+    wait_for(lambda: d.github.final_reviews(run_id=502) or None)
+
+    assert [r.body["state"] for r in d.github.final_reviews()] == ["approved", "approved"]
+    assert httpx.get(served.base_url + "/readyz").status_code == 200
+    assert 'stacksona_gate_gates{state="approved"} 2' in httpx.get(served.base_url + "/metrics").text
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(timeout=30) == 0, served.log()
+    assert WEBHOOK_SECRET not in served.log() and API_KEY not in served.log()
+
+
+def test_a_large_chunked_delivery_is_413_not_401(served: Served) -> None:
+    body = json.dumps({"action": "requested", "padding": "x" * 100_000}).encode()
+    headers = {
+        "X-GitHub-Event": "deployment_protection_rule",
+        "X-GitHub-Delivery": "d-chunked",
+        "X-Hub-Signature-256": sign(WEBHOOK_SECRET, body),
+        "Content-Type": "application/json",
+    }
+
+    def chunks() -> Iterator[bytes]:  # a generator body makes httpx send Transfer-Encoding: chunked
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192]
+
+    response = httpx.post(served.base_url + "/webhooks/github", content=chunks(), headers=headers)
+    assert response.status_code == 413, response.text
