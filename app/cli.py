@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+
 from app import __version__
 from app.db import make_engine, migrate
 from app.gates_report import gate_detail, gate_table
@@ -40,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         handler=_serve
     )
     web = sub.add_parser("web", help="HTTP server only (run `worker` beside it)")
-    web.add_argument("--processes", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
+    web.add_argument("--processes", type=int, default=None, help="gunicorn processes (default: WEB_CONCURRENCY)")
     web.set_defaults(handler=_web)
     sub.add_parser("worker", help="the worker only (any number of replicas on PostgreSQL)").set_defaults(
         handler=_worker
@@ -67,15 +70,15 @@ def _serve(_args: argparse.Namespace) -> int:
 
 
 def _web(args: argparse.Namespace) -> int:
-    return _run_gunicorn(_load(), with_worker=False, processes=max(1, args.processes))
+    settings = _load()
+    processes = settings.web_concurrency if args.processes is None else max(1, args.processes)
+    return _run_gunicorn(settings, with_worker=False, processes=processes)
 
 
 def _run_gunicorn(settings: Settings, *, with_worker: bool, processes: int) -> int:
     from app.server import GateServer
 
-    engine = make_engine(settings.database_url)
-    migrate(engine)  # once, before any process forks
-    engine.dispose()
+    open_database(settings.database_url).dispose()  # migrate once, before any process forks
     log.info(
         "listening on %s:%s (worker %s)", settings.host, settings.port, "in-process" if with_worker else "separate"
     )
@@ -84,7 +87,9 @@ def _run_gunicorn(settings: Settings, *, with_worker: bool, processes: int) -> i
 
 
 def _worker(_args: argparse.Namespace) -> int:
-    runtime = build_runtime(_load())
+    settings = _load()
+    open_database(settings.database_url).dispose()
+    runtime = build_runtime(settings, run_migrations=False)
     stop = threading.Event()
 
     def _request_stop(_signum: int, _frame: FrameType | None) -> None:
@@ -101,9 +106,7 @@ def _worker(_args: argparse.Namespace) -> int:
 
 def _gates(args: argparse.Namespace) -> int:
     env = merged_environment(os.environ, Path(".env"))
-    engine = make_engine(database_url(env))
-    migrate(engine)
-    store = GateStore(engine, time.time)
+    store = GateStore(open_database(database_url(env), create=False), time.time)
     if args.gate_id is not None:
         gate = store.get(args.gate_id)
         if gate is None:
@@ -113,6 +116,37 @@ def _gates(args: argparse.Namespace) -> int:
         return 0
     print(gate_table(store.list_gates(limit=args.limit, states=OPEN_STATES if args.open else ())))
     return 0
+
+
+def open_database(url: str, *, create: bool = True) -> Engine:
+    """A migrated engine, or a SettingsError naming DATABASE_URL (never its password)."""
+    shown = _redacted(url)
+    try:
+        if not create and _missing_sqlite_file(url):
+            raise SettingsError("DATABASE_URL", f"no database at {shown} (run where the App runs, or set it)")
+        engine = make_engine(url)
+        migrate(engine)
+    except SQLAlchemyError as exc:
+        reason = _first_line(exc.orig) if isinstance(exc, DBAPIError) else "not a usable database URL"
+        raise SettingsError("DATABASE_URL", f"cannot open {shown}: {reason}") from None
+    return engine
+
+
+def _first_line(error: BaseException | None) -> str:
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return lines[0][:200]
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    database = make_url(url).database if url.startswith("sqlite") else None
+    return database not in (None, "", ":memory:") and not Path(str(database)).is_file()
+
+
+def _redacted(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable URL>"
 
 
 def _demo(args: argparse.Namespace) -> int:

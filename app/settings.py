@@ -25,6 +25,8 @@ GITHUB_DOTCOM_API_VERSION = "2026-03-10"
 GHES_API_VERSION = "2022-11-28"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+# GitHub fails a waiting job after 30 days: our "timed out" answer must come first.
+MAX_GATE_DEADLINE_SECONDS = 29 * 86400.0
 
 
 class SettingsError(ValueError):
@@ -68,6 +70,7 @@ class Settings:
     worker_lease_seconds: float = 120.0
     max_webhook_bytes: int = 1024 * 1024
     log_level: str = "INFO"
+    web_concurrency: int = 2
 
     @property
     def github_web_url(self) -> str:
@@ -119,14 +122,15 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         stacksona_decision_url=_decision_url_template(env),
         environment_rules=_environment_rules(env),
         database_url=database_url(env),
-        port=_positive_int(env, "PORT", 8000),
+        port=_positive_int(env, "PORT", 8000, maximum=65535),
         host=env.get("HOST", "").strip() or "0.0.0.0",  # noqa: S104
-        gate_deadline_seconds=_duration(env, "GATE_DEADLINE", 7 * 86400.0),
+        gate_deadline_seconds=_duration(env, "GATE_DEADLINE", 7 * 86400.0, maximum=MAX_GATE_DEADLINE_SECONDS),
         poll_max_interval_seconds=_duration(env, "STACKSONA_POLL_MAX_INTERVAL", 300.0),
         worker_concurrency=_positive_int(env, "WORKER_CONCURRENCY", 4),
         worker_lease_seconds=_duration(env, "WORKER_LEASE", 120.0),
         max_webhook_bytes=_positive_int(env, "MAX_WEBHOOK_BYTES", 1024 * 1024),
         log_level=_log_level(env),
+        web_concurrency=_positive_int(env, "WEB_CONCURRENCY", 2),
     )
 
 
@@ -156,14 +160,17 @@ def _optional_secret(env: Mapping[str, str], name: str) -> Secret | None:
     return Secret(value) if value else None
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int | None) -> int:
+def _positive_int(env: Mapping[str, str], name: str, default: int | None, *, maximum: int | None = None) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         if default is None:
             raise SettingsError(name, "is required but not set")
         return default
-    if not raw.isdigit() or int(raw) <= 0:
-        raise SettingsError(name, f"must be a positive integer (got {raw!r})")
+    # Not str.isdigit(): it accepts "²", which int() then refuses.
+    if not re.fullmatch(r"[0-9]{1,18}", raw) or int(raw) <= 0:
+        raise SettingsError(name, f"must be a positive integer (got {raw[:40]!r})")
+    if maximum is not None and int(raw) > maximum:
+        raise SettingsError(name, f"must be at most {maximum} (got {raw})")
     return int(raw)
 
 
@@ -172,10 +179,17 @@ def _url(env: Mapping[str, str], name: str, default: str | None) -> str:
     if raw is None:
         raise SettingsError(name, "is required but not set")
     parts = urlsplit(raw)
+    # The value is not echoed: a URL may carry a password.
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(name, f"must be an http(s) URL (got {raw!r})")
+        raise SettingsError(name, "must be an http(s) URL like https://host[:port][/path]")
+    if parts.username is not None or parts.password is not None:
+        raise SettingsError(name, "must not carry credentials (user:password@)")
     if parts.query or parts.fragment:
         raise SettingsError(name, "must not carry a query string or fragment")
+    try:
+        parts.port  # noqa: B018 - raises for a port outside 0-65535
+    except ValueError:
+        raise SettingsError(name, "has an invalid port") from None
     return raw.rstrip("/")
 
 
@@ -188,14 +202,17 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
     raise SettingsError(name, f"must be true or false (got {raw!r})")
 
 
-def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+def _duration(env: Mapping[str, str], name: str, default: float, *, maximum: float | None = None) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     match = _DURATION.match(raw)
     if not match or float(match.group(1)) <= 0:
-        raise SettingsError(name, f"must be a duration like 90s, 30m, 12h or 7d (got {raw!r})")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        raise SettingsError(name, f"must be a duration like 90s, 30m, 12h or 7d (got {raw[:40]!r})")
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if maximum is not None and seconds > maximum:
+        raise SettingsError(name, f"must be at most {maximum / 86400:g}d (GitHub fails a job after 30 days)")
+    return seconds
 
 
 def _decision_url_template(env: Mapping[str, str]) -> str | None:

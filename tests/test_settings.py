@@ -52,6 +52,13 @@ def test_ghes_defaults_to_the_api_version_it_knows(base_env: dict[str, str]) -> 
         ({"STACKSONA_ENVIRONMENTS": '{"prod": {"colour": "red"}}'}, "STACKSONA_ENVIRONMENTS"),
         ({"STACKSONA_DECISION_URL": "https://x/{thread}"}, "STACKSONA_DECISION_URL"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"PORT": "²"}, "PORT"),
+        ({"PORT": "99999"}, "PORT"),
+        ({"MAX_WEBHOOK_BYTES": "1¹"}, "MAX_WEBHOOK_BYTES"),
+        ({"WEB_CONCURRENCY": "abc"}, "WEB_CONCURRENCY"),
+        ({"GITHUB_API_URL": "https://ghe.example.com:99999/api/v3"}, "GITHUB_API_URL"),
+        ({"STACKSONA_GATE_URL": "https://user:hunter2@gate.example"}, "STACKSONA_GATE_URL"),
+        ({"GATE_DEADLINE": "45d"}, "GATE_DEADLINE"),
     ],
 )
 def test_bad_settings_name_the_variable(base_env: dict[str, str], changes: dict[str, str], variable: str) -> None:
@@ -59,6 +66,11 @@ def test_bad_settings_name_the_variable(base_env: dict[str, str], changes: dict[
         load(base_env | changes)
     assert info.value.variable == variable
     assert str(info.value).startswith(variable + ":")
+    assert "hunter2" not in str(info.value)
+
+
+def test_longest_gate_deadline_is_within_githubs_30_days(base_env: dict[str, str]) -> None:
+    assert load(base_env | {"GATE_DEADLINE": "29d"}).gate_deadline_seconds == 29 * 86400
 
 
 def test_secrets_never_show_in_reprs_or_errors(base_env: dict[str, str]) -> None:
