@@ -33,7 +33,7 @@ def gate_detail(gate: Gate, history: Sequence[HistoryEntry], delivery_ids: Seque
         f"  ref / sha    {gate.ref or '-'} / {gate.sha or '-'}   event {gate.event or '-'}   actor {gate.actor or '-'}",
         f"  stacksona    task {gate.task_id}   thread {gate.thread_id or '-'}",
         f"  verdict      {gate.verdict or '-'}: {gate.verdict_reason or '-'}",
-        f"  deadline     {when(gate.deadline_at)}   next attempt {when(gate.next_attempt_at)}",
+        _timing(gate),
         f"  deliveries   {', '.join(delivery_ids) or '-'}",
     ]
     if gate.reviewer_message:
@@ -47,3 +47,9 @@ def gate_detail(gate: Gate, history: Sequence[HistoryEntry], delivery_ids: Seque
         )
         lines.append(f"    {when(entry.at)}  {move:<32} {entry.reason}")
     return "\n".join(lines)
+
+
+def _timing(gate: Gate) -> str:
+    if gate.closed_at is not None:
+        return f"  deadline     {when(gate.deadline_at)}   closed {when(gate.closed_at)}"
+    return f"  deadline     {when(gate.deadline_at)}   next attempt {when(gate.next_attempt_at)}"

@@ -11,7 +11,9 @@ from gunicorn.app.base import BaseApplication
 from app.runtime import build_runtime
 from app.settings import Settings
 from app.web import create_app
+from app.worker import Worker
 
+GRACEFUL_SECONDS = 30
 # The path only: Stacksona callbacks may carry `?token=`, which must not be logged.
 ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss'
 
@@ -22,18 +24,20 @@ class GateServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings, *, with_worker: bool, processes: int, threads: int) -> None:
         self._settings = settings
         self._with_worker = with_worker
+        self._stop = threading.Event()
+        self._gate_worker: tuple[Worker, threading.Thread] | None = None
         self._options: dict[str, Any] = {
             "bind": f"{settings.host}:{settings.port}",
             "workers": processes,
             "threads": threads,
             "worker_class": "gthread",
             "timeout": 60,
-            "graceful_timeout": 30,
+            "graceful_timeout": GRACEFUL_SECONDS,
             "accesslog": "-",
             "access_log_format": ACCESS_LOG_FORMAT,
             "errorlog": "-",
             "loglevel": settings.log_level.lower(),
-            "worker_exit": _stop_gate_worker,
+            "worker_exit": self._stop_gate_worker,
         }
         super().__init__()
 
@@ -50,13 +54,15 @@ class GateServer(BaseApplication):  # type: ignore[misc]
         if not self._with_worker:
             return create_app(self._settings, runtime.store)
         worker = runtime.worker()
-        thread = threading.Thread(target=worker.run, args=(_STOP,), name="gate-worker", daemon=True)
+        thread = threading.Thread(target=worker.run, args=(self._stop,), name="gate-worker", daemon=True)
         thread.start()
+        self._gate_worker = (worker, thread)
         return create_app(self._settings, runtime.store, on_new_work=worker.wakeup.set)
 
-
-_STOP = threading.Event()
-
-
-def _stop_gate_worker(_server: object, _worker: object) -> None:
-    _STOP.set()
+    def _stop_gate_worker(self, _server: object, _process: object) -> None:
+        """Let the in-process worker finish its current steps (bounded by gunicorn's graceful timeout)."""
+        self._stop.set()
+        if self._gate_worker is not None:
+            worker, thread = self._gate_worker
+            worker.wakeup.set()
+            thread.join(timeout=GRACEFUL_SECONDS - 5)

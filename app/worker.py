@@ -93,14 +93,14 @@ class Worker:
 
     def _log_change(self, gate: Gate, change: Change) -> None:
         if change.state != gate.state or change.record:
+            move = gate.state if change.state == gate.state else f"{gate.state} -> {change.state}"
             log.info(
-                "gate %s %s run %s [%s]: %s -> %s: %s",
+                "gate %s %s run %s [%s]: %s: %s",
                 gate.id,
                 gate.full_name,
                 gate.run_id,
                 gate.environment,
-                gate.state,
-                change.state,
+                move,
                 change.reason,
             )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -85,6 +86,7 @@ def test_serve_gates_deployments_and_stops_on_sigterm(served: Served) -> None:
     assert 'stacksona_gate_gates{state="approved"} 2' in httpx.get(served.base_url + "/metrics").text
     served.process.send_signal(signal.SIGTERM)
     assert served.process.wait(timeout=30) == 0, served.log()
+    assert re.search(r"worker \S+ stopped", served.log()), "the in-process worker must stop, not be cut off"
     assert WEBHOOK_SECRET not in served.log() and API_KEY not in served.log()
 
 
