@@ -111,6 +111,16 @@ deliveries = Table(
 )
 
 
+schedules = Table(
+    "schedules",
+    metadata,
+    # Periodic chores shared by all workers (e.g. asking GitHub to redeliver):
+    # whoever moves `next_at` forward runs the chore, so one replica does it.
+    Column("name", String(50), primary_key=True),
+    Column("next_at", Float, nullable=False),
+)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         return _sqlite_engine(url, **kwargs)

@@ -9,21 +9,28 @@ positional-argument order (keywords only).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
-from githubkit import AppInstallationAuthStrategy, GitHub
+from githubkit import AppAuthStrategy, AppInstallationAuthStrategy, GitHub
 from githubkit.cache import MemCacheStrategy
 from githubkit.exception import GitHubException, RequestFailed, RequestTimeout
 
 from app.backoff import parse_retry_after
+from app.redelivery import oldest_of
 from app.secret import Secret
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+# 100 rows a page: enough for days of deliveries of a busy App.
+MAX_DELIVERY_PAGES = 20
+_NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="next"')
 ReviewState = Literal["approved", "rejected"]
+AuthT = TypeVar("AuthT", AppAuthStrategy, AppInstallationAuthStrategy)
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,10 @@ class GitHubAnswer:
     retry_after: float | None = None
     detail: str = ""
     token_failure: bool = False
+
+
+class GitHubCallFailed(Exception):
+    """A call made with the App JWT failed; the message says how (never a token)."""
 
 
 class GitHubClient:
@@ -77,6 +88,45 @@ class GitHubClient:
     def status_report(self, target: RunTarget, comment: str) -> GitHubAnswer:
         """The same endpoint without `state` only adds a status line."""
         return self._post(target, comment, None)
+
+    def list_app_deliveries(self, *, newer_than: float) -> list[object]:
+        """Raw rows of `GET /app/hook/deliveries`, newest first, paging back to `newer_than`."""
+        github = self._client(AppAuthStrategy(app_id=self._app_id, private_key=self._private_key.reveal()))
+        rows: list[object] = []
+        cursor: str | None = None
+        for _ in range(MAX_DELIVERY_PAGES):
+            page, cursor = self._delivery_page(github, cursor)
+            rows.extend(page)
+            oldest = oldest_of(page)
+            if cursor is None or oldest is None or oldest < newer_than:
+                break
+        return rows
+
+    def redeliver(self, delivery_id: int) -> GitHubAnswer:
+        """Ask GitHub to send a delivery again (202: queued), with the App JWT."""
+        github = self._client(AppAuthStrategy(app_id=self._app_id, private_key=self._private_key.reveal()))
+        headers = {"X-GitHub-Api-Version": self._api_version}
+        try:
+            response = github.rest.apps.redeliver_webhook_delivery(delivery_id, headers=headers)
+        except GitHubException as exc:
+            return self._answer_from(exc)
+        return _answer_from_success(response.raw_response)
+
+    def _delivery_page(self, github: GitHub[AppAuthStrategy], cursor: str | None) -> tuple[list[object], str | None]:
+        paging: dict[str, Any] = {"per_page": 100} | ({"cursor": cursor} if cursor else {})
+        try:
+            response = github.rest.apps.list_webhook_deliveries(
+                headers={"X-GitHub-Api-Version": self._api_version}, **paging
+            )
+            # Raw JSON, not githubkit's models: they reject some real rows.
+            page = response.raw_response.json()
+        except GitHubException as exc:
+            raise GitHubCallFailed(self._answer_from(exc).detail) from None
+        except ValueError:
+            raise GitHubCallFailed("GitHub listed deliveries in a body that is not JSON") from None
+        if not isinstance(page, list):
+            raise GitHubCallFailed("GitHub listed deliveries in an unexpected shape")
+        return page, _next_cursor(response.headers.get("Link", ""))
 
     def forget_tokens(self) -> None:
         """Drop cached installation tokens (after a 401: the token was revoked)."""
@@ -136,17 +186,29 @@ class GitHubClient:
             private_key=self._private_key.reveal(),
             installation_id=installation_id,
         )
+        return self._client(auth, cache)
+
+    def _client(self, auth: AuthT, cache: MemCacheStrategy | None = None) -> GitHub[AuthT]:
         return GitHub(
             auth,
             base_url=self._api_url + "/",
             timeout=self._timeout,
             transport=self._transport,
-            cache_strategy=cache,
+            cache_strategy=cache or MemCacheStrategy(),
             http_cache=False,
             auto_retry=False,
             follow_redirects=False,
             user_agent="stacksona-gate",
         )
+
+
+def _next_cursor(link_header: str) -> str | None:
+    """Only the cursor is taken from GitHub's Link header; the request goes to our own base URL."""
+    match = _NEXT_LINK.search(link_header)
+    if match is None:
+        return None
+    cursors = parse_qs(urlsplit(match.group(1)).query).get("cursor")
+    return cursors[0] if cursors else None
 
 
 def _answer_from_success(response: httpx.Response) -> GitHubAnswer:

@@ -71,6 +71,13 @@ class Settings:
     max_webhook_bytes: int = 1024 * 1024
     log_level: str = "INFO"
     web_concurrency: int = 2
+    # None: never ask GitHub to redeliver failed deliveries.
+    redelivery_interval_seconds: float | None = 300.0
+
+    @property
+    def redelivery_window_seconds(self) -> float:
+        """How far back GitHub still redelivers: 3 days on github.com, 7 on GHES."""
+        return (3 if urlsplit(self.github_api_url).hostname == "api.github.com" else 7) * 86400.0
 
     @property
     def github_web_url(self) -> str:
@@ -131,6 +138,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         max_webhook_bytes=_positive_int(env, "MAX_WEBHOOK_BYTES", 1024 * 1024),
         log_level=_log_level(env),
         web_concurrency=_positive_int(env, "WEB_CONCURRENCY", 2),
+        redelivery_interval_seconds=_optional_duration(env, "GITHUB_REDELIVERY_INTERVAL", 300.0),
     )
 
 
@@ -200,6 +208,12 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
     if raw in ("1", "true", "yes", "on"):
         return True
     raise SettingsError(name, f"must be true or false (got {raw!r})")
+
+
+def _optional_duration(env: Mapping[str, str], name: str, default: float) -> float | None:
+    if env.get(name, "").strip().lower() == "off":
+        return None
+    return _duration(env, name, default)
 
 
 def _duration(env: Mapping[str, str], name: str, default: float, *, maximum: float | None = None) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RowMapping, case, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from app.db import READ_ONLY, deliveries, gate_history, gates
+from app.db import READ_ONLY, deliveries, gate_history, gates, schedules
 from app.payload import DeploymentRequest
 
 OPEN_STATES = ("new", "awaiting_review", "reporting")
@@ -233,6 +233,34 @@ class GateStore:
                 awaiting = (gates.c.id == row.id) & (gates.c.state == "awaiting_review")
                 conn.execute(update(gates).where(awaiting).values(next_attempt_at=now, woken=True))
             return _gate(row._mapping)
+
+    def stored_deliveries(self, delivery_ids: Iterable[str]) -> set[str]:
+        """Which of these GitHub delivery GUIDs we already hold."""
+        wanted = list(set(delivery_ids))
+        found: set[str] = set()
+        with self._reading() as conn:
+            for start in range(0, len(wanted), 500):
+                query = select(deliveries.c.delivery_id).where(
+                    deliveries.c.delivery_id.in_(wanted[start : start + 500])
+                )
+                found.update(conn.execute(query).scalars())
+        return found
+
+    def take_turn(self, chore: str, *, every_seconds: float) -> bool:
+        """True for exactly one caller per period, across all workers and replicas."""
+        now = self._clock()
+        with self._engine.begin() as conn:
+            due = (schedules.c.name == chore) & (schedules.c.next_at <= now)
+            if conn.execute(update(schedules).where(due).values(next_at=now + every_seconds)).rowcount == 1:
+                return True
+            if conn.execute(select(schedules.c.name).where(schedules.c.name == chore)).first() is not None:
+                return False
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(schedules).values(name=chore, next_at=now + every_seconds))
+            except IntegrityError:
+                return False  # another worker created it a moment ago: its turn
+            return True
 
     def get(self, gate_id: int) -> Gate | None:
         with self._reading() as conn:

@@ -13,6 +13,7 @@ from app.backoff import retry_delay
 from app.stacksona import StacksonaCallFailed
 from app.steps import LeaseLost, Services, run_step
 from app.store import FINAL_STATES, Change, Gate, GateStore
+from app.sweep import CHORE, redeliver_lost_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,21 @@ class Worker:
         log.info("worker %s started", self._owner)
         with ThreadPoolExecutor(self._concurrency, thread_name_prefix="gate") as pool:
             while not stop.is_set():
+                self._recover_lost_deliveries()
                 if self._run_batch(pool) == 0:
                     self.wakeup.wait(self._idle_seconds)
                     self.wakeup.clear()
         log.info("worker %s stopped", self._owner)
+
+    def _recover_lost_deliveries(self) -> None:
+        interval = self._svc.settings.redelivery_interval_seconds
+        if interval is None:
+            return
+        try:
+            if self._store.take_turn(CHORE, every_seconds=interval):
+                redeliver_lost_deliveries(self._store, self._svc)
+        except Exception:
+            log.exception("looking for lost deliveries failed; next try in %.0fs", interval)
 
     def run_once(self) -> int:
         """Process every gate due now (one step each); for tests and the demo."""

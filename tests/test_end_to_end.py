@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
+from app.sweep import redeliver_lost_deliveries
 from tests.world import OWNER, REPO, World, running_world
 
 
@@ -466,3 +469,75 @@ def test_a_worker_that_lost_its_lease_never_validates(world: World) -> None:
     assert [valid for (_t, _s, valid) in world.stacksona.validations] == [True]
     assert world.final_states() == ["approved"]
     assert world.gate(gate_id).state == "approved"
+
+
+def refuse_to_store(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    def database_down(*_args: object, **_kwargs: object) -> Any:
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(world.store, "accept", database_down)
+
+
+def test_a_delivery_refused_with_503_is_redelivered_and_gated(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.stacksona.script("api", "allow")
+    refuse_to_store(world, monkeypatch)
+    assert world.deliver(world.open("api")).status_code == 503
+    monkeypatch.undo()  # the database is back; GitHub will not resend by itself
+
+    assert redeliver_lost_deliveries(world.store, world.services) == 1
+    [first, again] = wait_until(lambda: world.github.deliveries if len(world.github.deliveries) == 2 else None)
+    assert (again.guid, again.redelivery, again.status_code) == (first.guid, True, 202)
+    world.settle()
+    assert world.final_states() == ["approved"]
+    # Nothing is left to recover: the GUID is stored now.
+    assert redeliver_lost_deliveries(world.store, world.services) == 0
+
+
+def test_only_lost_protection_rule_deliveries_are_redelivered(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.deploy("api")  # stored: 202
+    assert world.deliver(world.open("api", run_id=43), event="ping").status_code == 200
+    bad = world.open("api", run_id=44) | {"deployment_callback_url": "https://evil.example/x"}
+    assert world.deliver(bad).status_code == 400  # our own refusal: sending it again cannot help
+    assert redeliver_lost_deliveries(world.store, world.services) == 0
+    assert len(world.github.deliveries) == 3
+
+
+def test_redelivery_gives_up_when_github_cannot_list(world: World) -> None:
+    world.github.fail_next("deliveries", 500)
+    assert redeliver_lost_deliveries(world.store, world.services) == 0
+
+
+def test_the_worker_loop_recovers_lost_deliveries(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.stacksona.script("api", "allow")
+    refuse_to_store(world, monkeypatch)
+    world.deliver(world.open("api"))
+    monkeypatch.undo()
+    stop = threading.Event()
+    loop = threading.Thread(target=world.worker.run, args=(stop,))
+    loop.start()
+    try:
+        wait_until(lambda: world.final_states() or None)
+    finally:
+        stop.set()
+        world.worker.wakeup.set()
+        loop.join(10)
+    assert world.final_states() == ["approved"]
+
+
+def wait_until(probe: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (value := probe()) is not None:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def test_deliveries_are_listed_page_by_page_back_to_the_window(world: World) -> None:
+    for _ in range(130):
+        world.deliver({"zen": "Keep it logically awesome."}, event="ping")
+    everything = world.services.github.list_app_deliveries(newer_than=0)
+    assert len(everything) == 130
+    assert len({row["id"] for row in everything}) == 130  # type: ignore[index]
+    # Paging stops once a page reaches back past `newer_than`.
+    assert len(world.services.github.list_app_deliveries(newer_than=time.time() + 60)) == 100

@@ -254,6 +254,28 @@ def test_delay_makes_a_client_time_out(github: GitHubSimulator, app_key: rsa.RSA
         httpx.post(f"{github.url}/app/installations/1/access_tokens", timeout=0.1)
 
 
+def test_delivery_log_needs_the_app_jwt_and_redelivers_with_the_same_guid(
+    github: GitHubSimulator, app_key: rsa.RSAPrivateKey, receiver: tuple[Recorder, str]
+) -> None:
+    recorder, hook_url = receiver
+    github.deliver(hook_url, {"action": "requested"}, secret="s", delivery_id="guid-1")
+    listing = f"{github.url}/app/hook/deliveries"
+    assert httpx.get(listing).status_code == 401
+    assert httpx.get(listing, headers={"Authorization": "token ghs_x"}).status_code == 401
+    jwt_header = {"Authorization": f"Bearer {make_jwt(app_key)}"}
+    [row] = httpx.get(listing, headers=jwt_header).json()
+    assert (row["guid"], row["status_code"], row["action"], row["redelivery"]) == ("guid-1", 200, "requested", False)
+
+    assert httpx.post(f"{listing}/{row['id']}/attempts", headers=jwt_header).status_code == 202
+    deadline = time.monotonic() + 5
+    while len(github.deliveries) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    [(first, _, body1), (second, _, body2)] = recorder.calls
+    assert second["x-github-delivery"] == first["x-github-delivery"] == "guid-1" and body2 == body1
+    assert [a.redelivery for a in github.deliveries] == [False, True]
+    assert httpx.post(f"{listing}/999/attempts", headers=jwt_header).status_code == 404
+
+
 def test_unknown_routes_are_404(github: GitHubSimulator) -> None:
     response = httpx.get(f"{github.url}/app/installations/1/access_tokens")
     assert response.status_code == 404

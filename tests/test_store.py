@@ -676,6 +676,30 @@ def test_history_is_in_order(store: GateStore, clock: FakeClock) -> None:
     assert store.history(gate_id + 1000) == []
 
 
+def test_stored_deliveries(store: GateStore) -> None:
+    accept(store, "d-1")
+    accept(store, "d-2")
+    assert store.stored_deliveries(["d-1", "d-3", "d-2", "d-1"]) == {"d-1", "d-2"}
+    assert store.stored_deliveries([]) == set()
+    assert store.stored_deliveries(f"x-{i}" for i in range(1200)) == set()  # chunked IN lists
+
+
+def test_take_turn_once_per_period(store: GateStore, clock: FakeClock) -> None:
+    assert store.take_turn("chore", every_seconds=300)
+    assert not store.take_turn("chore", every_seconds=300)
+    assert store.take_turn("other", every_seconds=300)
+    clock.advance(299)
+    assert not store.take_turn("chore", every_seconds=300)
+    clock.advance(1)
+    assert store.take_turn("chore", every_seconds=300)
+
+
+def test_take_turn_goes_to_one_of_many_workers(store: GateStore, clock: FakeClock) -> None:
+    assert sum(run_concurrently(8, lambda _i: store.take_turn("chore", every_seconds=60))) == 1
+    clock.advance(61)
+    assert sum(run_concurrently(8, lambda _i: store.take_turn("chore", every_seconds=60))) == 1
+
+
 def test_ping(store: GateStore) -> None:
     store.ping()
 

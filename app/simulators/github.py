@@ -24,9 +24,10 @@ from app.simulators._server import (
     parse_json_object,
     status_phrase,
 )
-from app.simulators.github_webhooks import RepoRef, deliver_webhook, deployment_json, protection_rule_payload
+from app.simulators.github_deliveries import DeliveryAttempt, DeliveryLog
+from app.simulators.github_webhooks import RepoRef, deployment_json, protection_rule_payload
 
-GitHubRoute = Literal["token", "review"]
+GitHubRoute = Literal["token", "review", "deliveries"]
 DEFAULT_SHA = "9fceb02d0ae598e95dc970b74767f19372d61af8"
 GHES_API_VERSIONS = ("2022-11-28",)
 _MAX_JWT_LIFETIME = 660  # GitHub's 10 minutes plus the recommended 60 s backdating of iat
@@ -88,6 +89,8 @@ def _url_map(prefix: str) -> Map:
                 methods=["POST"],
             ),
             Rule(f"{run}/deployment_protection_rule", endpoint="review", methods=["POST"]),
+            Rule(f"{prefix}/app/hook/deliveries", endpoint="deliveries", methods=["GET"]),
+            Rule(f"{prefix}/app/hook/deliveries/<int:delivery_id>/attempts", endpoint="redeliver", methods=["POST"]),
         ]
     )
 
@@ -123,7 +126,8 @@ class GitHubSimulator(SimulatorBase):
         # GHES only knows older REST API versions; github.com accepts whatever is sent.
         self._api_versions = api_versions or (GHES_API_VERSIONS if self._prefix else None)
         self._lock = threading.Lock()
-        self._faults = FaultPlan(("token", "review"), lambda s: {"message": status_phrase(s)})
+        self._faults = FaultPlan(("token", "review", "deliveries"), lambda s: {"message": status_phrase(s)})
+        self._deliveries = DeliveryLog(app_id)
         self._tokens: dict[str, _Token] = {}
         self._pending: dict[_Key, _Pending] = {}
         self._repo_installations: dict[tuple[str, str], int] = {}
@@ -184,10 +188,13 @@ class GitHubSimulator(SimulatorBase):
         event: str = "deployment_protection_rule",
         delivery_id: str | None = None,
     ) -> httpx.Response:
-        """POSTs `payload` with the headers and signature GitHub sends; bytes go out as-is."""
-        return deliver_webhook(
-            webhook_url, payload, secret=secret, event=event, delivery_id=delivery_id, app_id=self._app_id
-        )
+        """POSTs `payload` with the headers and signature GitHub sends (bytes go out as-is), and records it."""
+        return self._deliveries.send(webhook_url, payload, secret=secret, event=event, guid=delivery_id)
+
+    @property
+    def deliveries(self) -> list[DeliveryAttempt]:
+        """Every delivery attempt so far, oldest first (redeliveries included)."""
+        return self._deliveries.attempts
 
     def cancel_run(self, owner: str, repo: str, run_id: int) -> None:
         run = _key(owner, repo, run_id, "")[:3]
@@ -255,7 +262,19 @@ class GitHubSimulator(SimulatorBase):
     def _handle(self, endpoint: str, request: Request, args: Mapping[str, Any]) -> Response:
         if endpoint == "token":
             return self._issue_token(request, int(args["installation_id"]))
+        if endpoint in ("deliveries", "redeliver"):
+            return self._app_hook(endpoint, request, args)
         return self._review(request, str(args["owner"]), str(args["repo"]), int(args["run_id"]))
+
+    def _app_hook(self, endpoint: str, request: Request, args: Mapping[str, Any]) -> Response:
+        failure = self._faults.intercept("deliveries") or self._unsupported_version(request)
+        if failure is not None:
+            return failure
+        if not self._jwt_is_valid(request.headers.get("Authorization", "")):
+            return _error(401, "A JSON web token could not be decoded")
+        if endpoint == "deliveries":
+            return self._deliveries.list_page(request, self.url)
+        return self._deliveries.redeliver(int(args["delivery_id"]))
 
     def _unsupported_version(self, request: Request) -> Response | None:
         version = request.headers.get("X-GitHub-Api-Version")

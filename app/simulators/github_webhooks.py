@@ -61,7 +61,7 @@ def deliver_webhook(
     webhook_url: str, payload: dict[str, Any] | bytes, *, secret: str, event: str, delivery_id: str | None, app_id: int
 ) -> httpx.Response:
     """POSTs `payload` with the headers and signature GitHub sends; bytes go out as-is."""
-    raw = payload if isinstance(payload, bytes) else _compact_json(payload)
+    raw = payload if isinstance(payload, bytes) else compact_json(payload)
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "GitHub-Hookshot/sim",
@@ -127,6 +127,6 @@ def _pull_request_json(repo_api: str, number: int, sha: str) -> dict[str, Any]:
     }
 
 
-def _compact_json(payload: dict[str, Any]) -> bytes:
+def compact_json(payload: dict[str, Any]) -> bytes:
     # Not Python's default separators: receivers must verify the raw bytes, not a re-dump.
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
