@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from app.sweep import redeliver_lost_deliveries
-from tests.world import OWNER, REPO, World, running_world
+from tests.world import OWNER, REPO, World, running_world, wait_for
 
 
 @pytest.fixture
@@ -485,7 +484,7 @@ def test_a_delivery_refused_with_503_is_redelivered_and_gated(world: World, monk
     monkeypatch.undo()  # the database is back; GitHub will not resend by itself
 
     assert redeliver_lost_deliveries(world.store, world.services) == 1
-    [first, again] = wait_until(lambda: world.github.deliveries if len(world.github.deliveries) == 2 else None)
+    [first, again] = wait_for(lambda: world.github.deliveries if len(world.github.deliveries) == 2 else None)
     assert (again.guid, again.redelivery, again.status_code) == (first.guid, True, 202)
     world.settle()
     assert world.final_states() == ["approved"]
@@ -516,28 +515,9 @@ def test_the_worker_loop_recovers_lost_deliveries(world: World, monkeypatch: pyt
     loop = threading.Thread(target=world.worker.run, args=(stop,))
     loop.start()
     try:
-        wait_until(lambda: world.final_states() or None)
+        wait_for(lambda: world.final_states() or None)
     finally:
         stop.set()
         world.worker.wakeup.set()
         loop.join(10)
     assert world.final_states() == ["approved"]
-
-
-def wait_until(probe: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (value := probe()) is not None:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
-def test_deliveries_are_listed_page_by_page_back_to_the_window(world: World) -> None:
-    for _ in range(130):
-        world.deliver({"zen": "Keep it logically awesome."}, event="ping")
-    everything = world.services.github.list_app_deliveries(newer_than=0)
-    assert len(everything) == 130
-    assert len({row["id"] for row in everything}) == 130  # type: ignore[index]
-    # Paging stops once a page reaches back past `newer_than`.
-    assert len(world.services.github.list_app_deliveries(newer_than=time.time() + 60)) == 100

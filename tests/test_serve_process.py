@@ -17,8 +17,8 @@ import pytest
 from app.signature import sign
 from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
-from tests.test_worker_process import Deployment, wait_for
-from tests.world import API_KEY, APP_ID, OWNER, REPO, WEBHOOK_SECRET
+from tests.test_worker_process import Deployment
+from tests.world import API_KEY, APP_ID, OWNER, REPO, WEBHOOK_SECRET, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
 

@@ -7,9 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -19,19 +18,9 @@ from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
 from app.store import GateStore
 from app.web import create_app
-from tests.world import API_KEY, APP_ID, OWNER, REPO, WEBHOOK_SECRET, make_settings
+from tests.world import API_KEY, APP_ID, OWNER, REPO, WEBHOOK_SECRET, make_settings, wait_for
 
-T = TypeVar("T")
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (value := probe()) is not None:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 class Deployment:

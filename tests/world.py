@@ -7,11 +7,11 @@ on loopback. The worker is driven step by step (`settle`) so tests are exact.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import Engine
@@ -32,6 +32,7 @@ OWNER, REPO = "acme", "shop"
 APP_ID = 4242
 API_KEY = "sg_test_api_key"
 WEBHOOK_SECRET = "test-webhook-secret"
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -145,3 +146,12 @@ def running_world(
             services.stacksona.close()
             if own_engine:
                 db_engine.dispose()
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (value := probe()) is not None:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")

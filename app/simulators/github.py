@@ -24,7 +24,7 @@ from app.simulators._server import (
     parse_json_object,
     status_phrase,
 )
-from app.simulators.github_deliveries import DeliveryAttempt, DeliveryLog
+from app.simulators.github_deliveries import DeliveryLog, RecordedDelivery
 from app.simulators.github_webhooks import RepoRef, deployment_json, protection_rule_payload
 
 GitHubRoute = Literal["token", "review", "deliveries"]
@@ -192,7 +192,7 @@ class GitHubSimulator(SimulatorBase):
         return self._deliveries.send(webhook_url, payload, secret=secret, event=event, guid=delivery_id)
 
     @property
-    def deliveries(self) -> list[DeliveryAttempt]:
+    def deliveries(self) -> list[RecordedDelivery]:
         """Every delivery attempt so far, oldest first (redeliveries included)."""
         return self._deliveries.attempts
 

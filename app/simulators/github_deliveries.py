@@ -27,7 +27,7 @@ REDELIVERY_WINDOW = timedelta(days=3)
 
 
 @dataclass(frozen=True)
-class DeliveryAttempt:
+class RecordedDelivery:
     id: int
     guid: str
     event: str
@@ -62,11 +62,11 @@ class DeliveryLog:
         self._app_id = app_id
         self._clock = clock
         self._lock = threading.Lock()
-        self._attempts: list[DeliveryAttempt] = []
+        self._attempts: list[RecordedDelivery] = []
         self._next_id = 90_000_001
 
     @property
-    def attempts(self) -> list[DeliveryAttempt]:
+    def attempts(self) -> list[RecordedDelivery]:
         with self._lock:
             return list(self._attempts)
 
@@ -94,7 +94,7 @@ class DeliveryLog:
         threading.Thread(target=self._resend, args=(attempt,), daemon=True).start()
         return json_response(202, {})
 
-    def _resend(self, attempt: DeliveryAttempt) -> None:
+    def _resend(self, attempt: RecordedDelivery) -> None:
         with contextlib.suppress(httpx.HTTPError):  # recorded as status 0, as GitHub would list it
             self._attempt(
                 attempt.url, attempt.raw, secret=attempt.secret, event=attempt.event, guid=attempt.guid, redelivery=True
@@ -114,7 +114,7 @@ class DeliveryLog:
     ) -> None:
         with self._lock:
             self._attempts.append(
-                DeliveryAttempt(
+                RecordedDelivery(
                     self._next_id, guid, event, _action(raw), status_code, self._clock(), redelivery, url, raw, secret
                 )
             )
