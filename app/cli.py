@@ -18,10 +18,11 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from app import __version__
 from app.db import make_engine, migrate
+from app.gate import OPEN_STATES
 from app.gates_report import gate_detail, gate_table
 from app.runtime import build_runtime, configure_logging
 from app.settings import Settings, SettingsError, database_url, load_settings, merged_environment
-from app.store import OPEN_STATES, GateStore
+from app.store import GateStore
 
 log = logging.getLogger("app.cli")
 

@@ -10,8 +10,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from app.gate import Gate
 from app.settings import EnvironmentRule
-from app.store import Gate
 
 WORKFLOW_NAME = "GitHub deployment"
 _PRODUCTION_LIKE = re.compile(r"(^|[^a-z0-9])(prod|production|prd|live)([^a-z0-9]|$)")

@@ -28,10 +28,10 @@ from app.decision import (
     decide_on_failure,
 )
 from app.decision_request import build_decision_request
+from app.gate import Change, Gate
 from app.github_client import GitHubAnswer, GitHubClient, ReviewState, RunTarget
 from app.settings import Settings
 from app.stacksona import StacksonaCallFailed, StacksonaClient
-from app.store import Change, Gate
 
 # GitHub fails the job itself after 30 days; past that no answer matters.
 GITHUB_WAIT_LIMIT_SECONDS = 30 * 86400.0

@@ -11,11 +11,12 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.gate import OPEN_STATES
 from app.metrics import Metrics
 from app.payload import PayloadError, parse_deployment_request
 from app.settings import Settings
 from app.signature import is_valid_signature
-from app.store import OPEN_STATES, GateStore
+from app.store import GateStore
 
 log = logging.getLogger(__name__)
 JsonReply = tuple[Response, int]

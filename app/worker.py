@@ -10,9 +10,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from app.backoff import retry_delay
+from app.gate import FINAL_STATES, Change, Gate
 from app.stacksona import StacksonaCallFailed
 from app.steps import LeaseLost, Services, run_step
-from app.store import FINAL_STATES, Change, Gate, GateStore
+from app.store import GateStore
 from app.sweep import CHORE, redeliver_lost_deliveries
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,9 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from app.db import gates
+from app.gate import AcceptOutcome, Change, Gate, HistoryEntry
 from app.payload import DeploymentRequest
-from app.store import AcceptOutcome, Change, Gate, GateStore, HistoryEntry
+from app.store import GateStore
 
 START = 1_700_000_000.0
 DEADLINE = 3600.0

@@ -17,6 +17,7 @@ import httpx
 from sqlalchemy import Engine
 
 from app.db import make_engine, migrate
+from app.gate import OPEN_STATES, Gate, HistoryEntry
 from app.runtime import build_services
 from app.secret import Secret
 from app.settings import Settings
@@ -24,7 +25,7 @@ from app.simulators._server import LoopbackServer
 from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
 from app.steps import Services
-from app.store import OPEN_STATES, Gate, GateStore, HistoryEntry
+from app.store import GateStore
 from app.web import create_app
 from app.worker import Worker
 
