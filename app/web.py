@@ -32,23 +32,36 @@ def create_app(
     app = Flask("app")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_webhook_bytes
     metrics = metrics or Metrics()
+    _add_webhooks(app, settings, store, metrics, on_new_work)
+    _add_probes(app, store, metrics)
+
+    @app.errorhandler(413)
+    def too_large(_error: Exception) -> JsonReply:
+        return jsonify({"error": f"body larger than {settings.max_webhook_bytes} bytes"}), 413
+
+    return app
+
+
+def _add_webhooks(
+    app: Flask, settings: Settings, store: GateStore, metrics: Metrics, on_new_work: Callable[[], None]
+) -> None:
+    def answer(handler: Callable[[Settings, GateStore], tuple[int, dict[str, Any]]], counter: str) -> JsonReply:
+        status, body = handler(settings, store)
+        metrics.count(counter, body.get("outcome", str(status)))
+        if status == 202:
+            on_new_work()
+        return jsonify(body), status
 
     @app.post("/webhooks/github")
     def github_webhook() -> JsonReply:
-        status, body = handle_github_delivery(settings, store)
-        metrics.count("stacksona_gate_webhooks_total", body.get("outcome", str(status)))
-        if status == 202:
-            on_new_work()
-        return jsonify(body), status
+        return answer(handle_github_delivery, "stacksona_gate_webhooks_total")
 
     @app.post("/webhooks/stacksona")
     def stacksona_callback() -> JsonReply:
-        status, body = handle_stacksona_callback(settings, store)
-        metrics.count("stacksona_gate_callbacks_total", body.get("outcome", str(status)))
-        if status == 202:
-            on_new_work()
-        return jsonify(body), status
+        return answer(handle_stacksona_callback, "stacksona_gate_callbacks_total")
 
+
+def _add_probes(app: Flask, store: GateStore, metrics: Metrics) -> None:
     @app.get("/healthz")
     def healthz() -> JsonReply:
         return jsonify({"status": "ok"}), 200
@@ -69,12 +82,6 @@ def create_app(
         except SQLAlchemyError:
             by_state = {}
         return Response(metrics.render(by_state), mimetype="text/plain; version=0.0.4")
-
-    @app.errorhandler(413)
-    def too_large(_error: Exception) -> JsonReply:
-        return jsonify({"error": f"body larger than {settings.max_webhook_bytes} bytes"}), 413
-
-    return app
 
 
 def handle_github_delivery(settings: Settings, store: GateStore) -> tuple[int, dict[str, Any]]:
