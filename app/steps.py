@@ -8,7 +8,7 @@ from the pure core in `app.decision`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from app import comments
@@ -174,7 +174,10 @@ def _report(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
     if result is ReviewResult.SUPERSEDED:
         return Change("superseded", f"GitHub had nothing pending any more ({answer.detail}); {state} not needed")
     if result is ReviewResult.RETRY and svc.clock() < gate.created_at + GITHUB_WAIT_LIMIT_SECONDS:
-        return _retry(gate, Retry(answer.detail, answer.retry_after), svc, until=None)
+        retry = _retry(gate, Retry(answer.detail, answer.retry_after), svc, until=None)
+        # A refusal proves this attempt was not taken: only earlier attempts may have been.
+        refused = answer.token_failure or (answer.status_code is not None and answer.status_code < 500)
+        return replace(retry, values={**retry.values, "review_sent_at": gate.review_sent_at}) if refused else retry
     return Change("failed", f"GitHub did not take the {state} review ({answer.detail})")
 
 

@@ -438,6 +438,19 @@ def test_review_whose_answer_was_lost_keeps_its_verdict(world: World, monkeypatc
     assert "answer was lost" in world.history(gate_id)[-1].reason
 
 
+@pytest.mark.parametrize(("route", "status"), [("token", 500), ("review", 429), ("review", 403)])
+def test_a_refused_review_attempt_is_not_mistaken_for_a_lost_answer(world: World, route: str, status: int) -> None:
+    world.stacksona.script("api", "allow")
+    gate_id = world.deploy("api")
+    world.github.fail_next(route, status)  # type: ignore[arg-type]
+    world.settle()
+    assert world.gate(gate_id).state == "reporting"
+    world.github.cancel_run(OWNER, REPO, 42)  # meanwhile nothing is pending any more
+    world.later(10)
+    assert world.final_states() == []
+    assert world.gate(gate_id).state == "superseded"
+
+
 def test_first_review_refused_as_nothing_pending_is_superseded(world: World) -> None:
     world.stacksona.script("api", "allow")
     gate_id = world.deploy("api")
