@@ -27,6 +27,8 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 # GitHub fails a waiting job after 30 days: our "timed out" answer must come first.
 MAX_GATE_DEADLINE_SECONDS = 29 * 86400.0
+# A lease should outlast one call with its timeouts (connect 5 s + read 10 s, and a token mint).
+SAFE_WORKER_LEASE_SECONDS = 30.0
 
 
 class SettingsError(ValueError):

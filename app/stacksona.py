@@ -104,9 +104,11 @@ def parse_answer(data: object, *, task_id: str, thread_id: str | None = None) ->
     answered_task = _text(data, "task_id")
     if answered_task and answered_task != task_id:
         raise _malformed("the answer is about another task")
-    answered_thread = _text(data, "thread_id", "id") or None
-    if thread_id and answered_thread and answered_thread != thread_id:
+    # Only an explicit `thread_id` is compared: a bare `id` may name the request, not the thread.
+    named_thread = _text(data, "thread_id")
+    if thread_id and named_thread and named_thread != thread_id:
         raise _malformed("the answer is about another thread")
+    answered_thread = named_thread or _text(data, "id") or None
     return StacksonaAnswer(
         status=_status(data),
         thread_id=answered_thread,

@@ -88,9 +88,11 @@ def _poll(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
 def _after_answer(gate: Gate, answer: StacksonaAnswer, svc: Services, checkpoint: Checkpoint) -> Change:
     token_required = svc.settings.stacksona_require_approval_token
     outcome = decide(answer, token_required=token_required)
+    # The thread learnt when the request was created stays the gate's thread.
+    thread_id = gate.thread_id or answer.thread_id
     if isinstance(outcome, ValidateToken):
-        return _after_outcome(gate, _validate(gate, outcome, svc, checkpoint), answer.thread_id, svc)
-    return _after_outcome(gate, outcome, answer.thread_id or gate.thread_id, svc)
+        return _after_outcome(gate, _validate(gate, outcome, svc, checkpoint), thread_id, svc)
+    return _after_outcome(gate, outcome, thread_id, svc)
 
 
 def _validate(gate: Gate, check: ValidateToken, svc: Services, checkpoint: Checkpoint) -> Verdict | Retry:
@@ -112,7 +114,7 @@ def _after_outcome(
     if isinstance(outcome, Retry):
         return _retry(gate, outcome, svc, until=gate.deadline_at)
     if isinstance(outcome, AwaitReview):
-        return _await(gate, outcome.thread_id or thread_id, svc)
+        return _await(gate, thread_id or outcome.thread_id, svc)
     return _to_reporting(gate, outcome, svc, thread_id)
 
 

@@ -130,12 +130,13 @@ class GateStore:
                 _record(conn, gate.id, now, gate.state, change.state, change.reason)
             return True
 
-    def mark(self, gate: Gate, values: Mapping[str, Any]) -> bool:
+    def mark(self, gate: Gate, values: Mapping[str, Any], *, lease_seconds: float) -> bool:
         """Record that a step is about to call out, if this worker still holds a live lease.
 
         Some calls cannot be safely repeated blind (a one-time approval token,
         a review GitHub may already have taken): a later step must know they
-        were attempted even if this worker dies before `apply`.
+        were attempted even if this worker dies before `apply`. The lease is
+        renewed, so no other worker takes the gate while the call is in flight.
         """
         now = self._clock()
         with self._engine.begin() as conn:
@@ -143,24 +144,24 @@ class GateStore:
                 update(gates)
                 .where(gates.c.id == gate.id, gates.c.generation == gate.generation)
                 .where(gates.c.lease_owner == gate.lease_owner, gates.c.lease_expires_at > now)
-                .values(**values, updated_at=now)
+                .values(**values, updated_at=now, lease_expires_at=now + lease_seconds)
             )
             return result.rowcount == 1
 
     def wake(self, *, thread_id: str | None, task_id: str | None) -> Gate | None:
         """Make a gate awaiting review due now; None if no gate has this thread or task.
 
-        Only gates awaiting a reviewer are woken: waking one that is backing
-        off would let unauthenticated callbacks override `Retry-After`.
+        Only gates awaiting a reviewer, and not backing off after a failed
+        call, are woken: unauthenticated callbacks must not override `Retry-After`.
         """
         now = self._clock()
         with self._engine.begin() as conn:
             row = _gate_row(conn, gates.c.thread_id, thread_id) or _gate_row(conn, gates.c.task_id, task_id)
             if row is None:
                 return None
-            if row.state == "awaiting_review":
+            if row.state == "awaiting_review" and row.attempts == 0:
                 # Conditional: on PostgreSQL the gate may have moved on since it was read.
-                awaiting = (gates.c.id == row.id) & (gates.c.state == "awaiting_review")
+                awaiting = (gates.c.id == row.id) & (gates.c.state == "awaiting_review") & (gates.c.attempts == 0)
                 conn.execute(update(gates).where(awaiting).values(next_attempt_at=now, woken=True))
             return _gate(row._mapping)
 
@@ -285,13 +286,15 @@ def _columns(change: Change, now: float) -> dict[str, Any]:
     next_at = values.pop("next_attempt_at", now)
     if change.state in FINAL_STATES:
         values |= {"open_key": None, "closed_at": now}
+    backing_off = bool(values.get("attempts"))
     return values | {
         "state": change.state,
         "updated_at": now,
         "lease_owner": None,
         "lease_expires_at": None,
-        # A callback that arrived during the step wins over the fallback schedule.
-        "next_attempt_at": case((gates.c.woken, now), else_=next_at),
+        # A callback that arrived during the step wins over the fallback poll
+        # schedule, never over a retry backoff (Retry-After).
+        "next_attempt_at": next_at if backing_off else case((gates.c.woken, now), else_=next_at),
     }
 
 

@@ -153,8 +153,7 @@ def _store_delivery(
 def handle_stacksona_callback(settings: Settings, store: GateStore) -> tuple[int, dict[str, Any]]:
     if settings.stacksona_webhook_token and not _has_callback_token(settings.stacksona_webhook_token.reveal()):
         return 401, {"error": "missing or wrong callback token", "outcome": "bad_token"}
-    # Stacksona does not document its callback's Content-Type: parse regardless.
-    data = request.get_json(force=True, silent=True)
+    data = _json_body()
     if not isinstance(data, dict):
         return 400, {"error": "body must be a JSON object", "outcome": "bad_request"}
     thread_id, task_id = _text(data.get("thread_id") or data.get("id")), _text(data.get("task_id"))
@@ -173,6 +172,14 @@ def handle_stacksona_callback(settings: Settings, store: GateStore) -> tuple[int
         return 200, {"gate_id": gate.id, "state": gate.state, "outcome": "already_closed"}
     outcome = "woken" if gate.state == "awaiting_review" else "in_progress"
     return 202, {"gate_id": gate.id, "outcome": outcome}
+
+
+def _json_body() -> object:
+    # Stacksona does not document its callback's Content-Type: parse regardless.
+    try:
+        return json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError):
+        return None
 
 
 def _has_callback_token(expected: str) -> bool:

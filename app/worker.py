@@ -7,10 +7,13 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from app.backoff import retry_delay
 from app.gate import FINAL_STATES, Change, Gate
+from app.settings import SAFE_WORKER_LEASE_SECONDS
 from app.stacksona import StacksonaCallFailed
 from app.steps import LeaseLost, Services, run_step
 from app.store import GateStore
@@ -44,6 +47,12 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker %s started", self._owner)
+        if self._lease_seconds < SAFE_WORKER_LEASE_SECONDS:
+            log.warning(
+                "WORKER_LEASE %.0fs is shorter than a slow call can take (%.0fs): another worker may repeat it",
+                self._lease_seconds,
+                SAFE_WORKER_LEASE_SECONDS,
+            )
         with ThreadPoolExecutor(self._concurrency, thread_name_prefix="gate") as pool:
             while not stop.is_set():
                 self._recover_lost_deliveries()
@@ -85,7 +94,7 @@ class Worker:
 
     def _step_and_store(self, gate: Gate) -> None:
         try:
-            change = run_step(gate, self._svc, lambda values: self._store.mark(gate, values))
+            change = run_step(gate, self._svc, lambda values: self._mark(gate, values))
         except LeaseLost as exc:
             log.warning("%s; another worker carries on", exc)
             return
@@ -103,6 +112,9 @@ class Worker:
         self._log_change(gate, change)
         if change.state in FINAL_STATES:
             self._tell_stacksona(gate, change)
+
+    def _mark(self, gate: Gate, values: Mapping[str, Any]) -> bool:
+        return self._store.mark(gate, values, lease_seconds=self._lease_seconds)
 
     def _log_change(self, gate: Gate, change: Change) -> None:
         if change.state != gate.state or change.record:

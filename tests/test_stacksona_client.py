@@ -238,6 +238,9 @@ def test_parse_answer_refuses_another_thread() -> None:
     assert info.value.failure.kind == "malformed"
     same = parse_answer({"status": "approved", "thread_id": "thr_1"}, task_id="task-1", thread_id="thr_1")
     assert same.thread_id == "thr_1"
+    # A bare `id` may be the request's own id, not the thread's: it is no contradiction.
+    by_id = parse_answer({"status": "pending_review", "id": "req_9"}, task_id="task-1", thread_id="thr_1")
+    assert by_id.status == "pending_review"
 
 
 @pytest.mark.parametrize("data", [[], [{"status": "allow"}], "allow", None, 3])

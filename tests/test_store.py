@@ -468,14 +468,19 @@ def test_stale_generation_with_same_owner_name_cannot_apply(store: GateStore, cl
 def test_mark_needs_the_live_lease_of_this_claim(store: GateStore, engine: Engine, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     first = claim_one(store, "w1")
-    assert store.mark(first, {"token_checked": "fp-1"})
+    clock.advance(LEASE - 1)
+    assert store.mark(first, {"token_checked": "fp-1"}, lease_seconds=LEASE)  # renews the lease
+    clock.advance(LEASE - 1)
+    assert store.claim_due("w-other", limit=1, lease_seconds=LEASE) == []
     assert column(engine, gate_id, "token_checked") == "fp-1"
     assert column(engine, gate_id, "state") == "new"  # a mark is no transition
-    clock.advance(LEASE + 1)
-    assert not store.mark(first, {"token_checked": "fp-2"}), "an expired lease must not mark"
+    clock.advance(2)
+    assert not store.mark(first, {"token_checked": "fp-2"}, lease_seconds=LEASE), "an expired lease must not mark"
     second = claim_one(store, "w2")
-    assert not store.mark(first, {"token_checked": "fp-3"}), "a reclaimed gate must not take the old worker's mark"
-    assert store.mark(second, {"review_sent_at": clock.now})
+    assert not store.mark(first, {"token_checked": "fp-3"}, lease_seconds=LEASE), (
+        "a reclaimed gate must not take the old worker's mark"
+    )
+    assert store.mark(second, {"review_sent_at": clock.now}, lease_seconds=LEASE)
     assert column(engine, gate_id, "token_checked") == "fp-1"
     assert store.history(gate_id)[-1].to_state == "new"
 

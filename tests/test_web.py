@@ -212,6 +212,11 @@ def test_stacksona_callback_without_json_content_type_is_read(client: FlaskClien
     assert response.status_code == 202, response.json
 
 
+def test_stacksona_callback_deeply_nested_is_400(client: FlaskClient) -> None:
+    response = client.post("/webhooks/stacksona", data=b"[" * 30_000 + b"]" * 30_000, content_type="text/plain")
+    assert response.status_code == 400
+
+
 def test_stacksona_callback_needs_an_id(client: FlaskClient) -> None:
     assert client.post("/webhooks/stacksona", json={"decision": "approved"}).status_code == 400
     assert client.post("/webhooks/stacksona", data=b"nope").status_code == 400
