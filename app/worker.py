@@ -6,9 +6,10 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from app.backoff import retry_delay
@@ -47,21 +48,33 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker %s started", self._owner)
+        self._warn_about_short_lease()
+        # Chores run beside the gates, so a long one never holds gate steps back.
+        with (
+            ThreadPoolExecutor(self._concurrency, thread_name_prefix="gate") as pool,
+            ThreadPoolExecutor(1, thread_name_prefix="chore") as chores,
+        ):
+            chore: Future[None] | None = None
+            next_chore_at = 0.0
+            while not stop.is_set():
+                if (chore is None or chore.done()) and time.monotonic() >= next_chore_at:
+                    chore = chores.submit(self._recover_lost_deliveries)
+                    next_chore_at = time.monotonic() + (self._svc.settings.redelivery_interval_seconds or 3600.0)
+                if self._run_batch(pool) == 0:
+                    self.wakeup.wait(self._idle_seconds)
+                    self.wakeup.clear()
+        log.info("worker %s stopped", self._owner)
+
+    def _warn_about_short_lease(self) -> None:
         if self._lease_seconds < SAFE_WORKER_LEASE_SECONDS:
             log.warning(
                 "WORKER_LEASE %.0fs is shorter than a slow call can take (%.0fs): another worker may repeat it",
                 self._lease_seconds,
                 SAFE_WORKER_LEASE_SECONDS,
             )
-        with ThreadPoolExecutor(self._concurrency, thread_name_prefix="gate") as pool:
-            while not stop.is_set():
-                self._recover_lost_deliveries()
-                if self._run_batch(pool) == 0:
-                    self.wakeup.wait(self._idle_seconds)
-                    self.wakeup.clear()
-        log.info("worker %s stopped", self._owner)
 
     def _recover_lost_deliveries(self) -> None:
+        """One replica per interval (the database decides which) asks GitHub to resend lost deliveries."""
         interval = self._svc.settings.redelivery_interval_seconds
         if interval is None:
             return
