@@ -89,8 +89,7 @@ def _run_gunicorn(settings: Settings, *, with_worker: bool, processes: int) -> i
 
 def _worker(_args: argparse.Namespace) -> int:
     settings = _load()
-    open_database(settings.database_url).dispose()
-    runtime = build_runtime(settings, run_migrations=False)
+    runtime = build_runtime(settings, engine=open_database(settings.database_url))
     stop = threading.Event()
 
     def _request_stop(_signum: int, _frame: FrameType | None) -> None:

@@ -21,6 +21,7 @@ from typing import TypeVar
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from app.db import make_engine, migrate
 from app.gates_report import gate_detail, gate_table
 from app.runtime import build_runtime
 from app.secret import Secret
@@ -114,7 +115,9 @@ def _settings(github_url: str, stacksona_url: str, pem: str, api_key: str, secre
 
 @contextmanager
 def _app(settings: Settings) -> Iterator[str]:
-    runtime = build_runtime(settings)
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    runtime = build_runtime(settings, engine=engine)
     worker = runtime.worker(idle_seconds=0.05)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), name="demo-worker", daemon=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from app.db import make_engine, migrate
+from app.db import make_engine
 from app.github_client import GitHubClient
 from app.settings import Settings
 from app.stacksona import StacksonaClient
@@ -34,10 +34,9 @@ class Runtime:
         self.engine.dispose()
 
 
-def build_runtime(settings: Settings, *, run_migrations: bool = True) -> Runtime:
-    engine = make_engine(settings.database_url)
-    if run_migrations:
-        migrate(engine)
+def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtime:
+    """Everything a process needs; the schema must already be migrated (see `cli.open_database`)."""
+    engine = engine or make_engine(settings.database_url)
     store = GateStore(engine, time.time)
     services = build_services(settings, clock=time.time, rand=random.random)
     return Runtime(settings, engine, store, services)

@@ -50,7 +50,7 @@ class GateServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set("control_socket_disable", True)
 
     def load(self) -> Flask:
-        runtime = build_runtime(self._settings, run_migrations=False)
+        runtime = build_runtime(self._settings)
         if not self._with_worker:
             return create_app(self._settings, runtime.store)
         worker = runtime.worker()
