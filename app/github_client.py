@@ -72,7 +72,8 @@ class GitHubClient:
         self._api_url = api_url
         self._app_id = app_id
         self._private_key = private_key
-        self._api_version = api_version
+        # Sent on every call: GHES may only know an older REST API version than githubkit's default.
+        self._version_header = {"X-GitHub-Api-Version": api_version}
         self._transport = transport
         self._timeout = timeout
         self._cache_lock = threading.Lock()
@@ -91,7 +92,7 @@ class GitHubClient:
 
     def list_app_deliveries(self, *, newer_than: float) -> list[object]:
         """Raw rows of `GET /app/hook/deliveries`, newest first, paging back to `newer_than`."""
-        github = self._client(AppAuthStrategy(app_id=self._app_id, private_key=self._private_key.reveal()))
+        github = self._app_client()
         rows: list[object] = []
         cursor: str | None = None
         for _ in range(MAX_DELIVERY_PAGES):
@@ -104,20 +105,22 @@ class GitHubClient:
 
     def redeliver(self, delivery_id: int) -> GitHubAnswer:
         """Ask GitHub to send a delivery again (202: queued), with the App JWT."""
-        github = self._client(AppAuthStrategy(app_id=self._app_id, private_key=self._private_key.reveal()))
-        headers = {"X-GitHub-Api-Version": self._api_version}
+        github = self._app_client()
+        headers = self._version_header
         try:
             response = github.rest.apps.redeliver_webhook_delivery(delivery_id, headers=headers)
         except GitHubException as exc:
             return self._answer_from(exc)
         return _answer_from_success(response.raw_response)
 
+    def _app_client(self) -> GitHub[AppAuthStrategy]:
+        """Authenticated as the App itself (JWT), for the App's own webhook deliveries."""
+        return self._client(AppAuthStrategy(app_id=self._app_id, private_key=self._private_key.reveal()))
+
     def _delivery_page(self, github: GitHub[AppAuthStrategy], cursor: str | None) -> tuple[list[object], str | None]:
         paging: dict[str, Any] = {"per_page": 100} | ({"cursor": cursor} if cursor else {})
         try:
-            response = github.rest.apps.list_webhook_deliveries(
-                headers={"X-GitHub-Api-Version": self._api_version}, **paging
-            )
+            response = github.rest.apps.list_webhook_deliveries(headers=self._version_header, **paging)
             # Raw JSON, not githubkit's models: they reject some real rows.
             page = response.raw_response.json()
         except GitHubException as exc:
@@ -137,7 +140,7 @@ class GitHubClient:
         # githubkit's `rest` namespace only weakly references its client: keep it alive.
         github = self._installation_client(target.installation_id)
         actions = github.rest.actions
-        headers = {"X-GitHub-Api-Version": self._api_version}
+        headers = self._version_header
         try:
             if state is None:
                 response = actions.review_custom_gates_for_run(
