@@ -13,14 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from sqlalchemy import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
-
 from app import __version__
-from app.db import make_engine, migrate
 from app.gate import OPEN_STATES
 from app.gates_report import gate_detail, gate_table
-from app.runtime import build_runtime, configure_logging
+from app.runtime import build_runtime, configure_logging, open_database
 from app.settings import Settings, SettingsError, database_url, load_settings, merged_environment
 from app.store import GateStore
 
@@ -116,37 +112,6 @@ def _gates(args: argparse.Namespace) -> int:
         return 0
     print(gate_table(store.list_gates(limit=args.limit, states=OPEN_STATES if args.open else ())))
     return 0
-
-
-def open_database(url: str, *, create: bool = True) -> Engine:
-    """A migrated engine, or a SettingsError naming DATABASE_URL (never its password)."""
-    shown = _redacted(url)
-    try:
-        if not create and _missing_sqlite_file(url):
-            raise SettingsError("DATABASE_URL", f"no database at {shown} (run where the App runs, or set it)")
-        engine = make_engine(url)
-        migrate(engine)
-    except SQLAlchemyError as exc:
-        reason = _first_line(exc.orig) if isinstance(exc, DBAPIError) else "not a usable database URL"
-        raise SettingsError("DATABASE_URL", f"cannot open {shown}: {reason}") from None
-    return engine
-
-
-def _first_line(error: BaseException | None) -> str:
-    lines = str(error).strip().splitlines() or [type(error).__name__]
-    return lines[0][:200]
-
-
-def _missing_sqlite_file(url: str) -> bool:
-    database = make_url(url).database if url.startswith("sqlite") else None
-    return database not in (None, "", ":memory:") and not Path(str(database)).is_file()
-
-
-def _redacted(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparsable URL>"
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -21,9 +21,9 @@ from typing import TypeVar
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.db import make_engine, migrate
+from app.db import make_engine
 from app.gates_report import gate_detail, gate_table
-from app.runtime import build_runtime
+from app.runtime import build_runtime, open_database
 from app.secret import Secret
 from app.settings import Settings
 from app.simulators._server import LoopbackServer
@@ -115,9 +115,7 @@ def _settings(github_url: str, stacksona_url: str, pem: str, api_key: str, secre
 
 @contextmanager
 def _app(settings: Settings) -> Iterator[str]:
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    runtime = build_runtime(settings, engine=engine)
+    runtime = build_runtime(settings, engine=open_database(settings.database_url))
     worker = runtime.worker(idle_seconds=0.05)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), name="demo-worker", daemon=True)
@@ -198,7 +196,6 @@ def _check_exactly_once(world: DemoWorld) -> list[Scenario]:
 
 
 def _summary(world: DemoWorld, failures: list[Scenario]) -> None:
-    from app.db import make_engine
     from app.store import GateStore
 
     engine = make_engine(world.settings.database_url)

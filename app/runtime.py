@@ -7,12 +7,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
-from app.db import make_engine
+from app.db import make_engine, migrate
 from app.github_client import GitHubClient
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 from app.stacksona import StacksonaClient
 from app.steps import Services
 from app.store import GateStore
@@ -61,3 +63,34 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request at INFO; our own lines already say what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def open_database(url: str, *, create: bool = True) -> Engine:
+    """A migrated engine, or a SettingsError naming DATABASE_URL (never its password)."""
+    shown = _redacted(url)
+    try:
+        if not create and _missing_sqlite_file(url):
+            raise SettingsError("DATABASE_URL", f"no database at {shown} (run where the App runs, or set it)")
+        engine = make_engine(url)
+        migrate(engine)
+    except SQLAlchemyError as exc:
+        reason = _first_line(exc.orig) if isinstance(exc, DBAPIError) else "not a usable database URL"
+        raise SettingsError("DATABASE_URL", f"cannot open {shown}: {reason}") from None
+    return engine
+
+
+def _first_line(error: BaseException | None) -> str:
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return lines[0][:200]
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    database = make_url(url).database if url.startswith("sqlite") else None
+    return database not in (None, "", ":memory:") and not Path(str(database)).is_file()
+
+
+def _redacted(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable URL>"
