@@ -14,11 +14,11 @@ from pathlib import Path
 from types import FrameType
 
 from app import __version__
-from app.gate import OPEN_STATES
+from app.core.gate import OPEN_STATES
 from app.gates_report import gate_detail, gate_table
 from app.runtime import build_runtime, configure_logging, open_database
 from app.settings import Settings, SettingsError, database_url, load_settings, merged_environment
-from app.store import GateStore
+from app.store.gates import GateStore
 
 log = logging.getLogger("app.cli")
 

@@ -21,15 +21,15 @@ from typing import TypeVar
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.db import make_engine
+from app.core.secret import Secret
 from app.gates_report import gate_detail, gate_table
+from app.http.routes import create_app
 from app.runtime import build_runtime, open_database
-from app.secret import Secret
 from app.settings import Settings
 from app.simulators._server import LoopbackServer
 from app.simulators.github import GitHubSimulator, RecordedReview
 from app.simulators.stacksona import StacksonaSimulator
-from app.web import create_app
+from app.store.engine import make_engine
 
 OWNER, REPO = "acme", "shop"
 T = TypeVar("T")
@@ -196,7 +196,7 @@ def _check_exactly_once(world: DemoWorld) -> list[Scenario]:
 
 
 def _summary(world: DemoWorld, failures: list[Scenario]) -> None:
-    from app.store import GateStore
+    from app.store.gates import GateStore
 
     engine = make_engine(world.settings.database_url)
     store = GateStore(engine, time.time)

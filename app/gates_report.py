@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from app.gate import Gate, HistoryEntry
+from app.core.gate import Gate, HistoryEntry
 
 
 def when(epoch: float | None) -> str:

@@ -12,13 +12,13 @@ from pathlib import Path
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
-from app.db import make_engine, migrate
-from app.github_client import GitHubClient
+from app.clients.github import GitHubClient
+from app.clients.stacksona import StacksonaClient
 from app.settings import Settings, SettingsError
-from app.stacksona import StacksonaClient
-from app.steps import Services
-from app.store import GateStore
-from app.worker import Worker
+from app.store.engine import make_engine, migrate
+from app.store.gates import GateStore
+from app.worker.loop import Worker
+from app.worker.steps import Services
 
 
 @dataclass

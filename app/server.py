@@ -8,10 +8,10 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from app.http.routes import create_app
 from app.runtime import build_runtime
 from app.settings import Settings
-from app.web import create_app
-from app.worker import Worker
+from app.worker.loop import Worker
 
 GRACEFUL_SECONDS = 30
 # The path only: Stacksona callbacks may carry `?token=`, which must not be logged.

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from app.secret import Secret
+from app.core.decision_request import RISK_LEVELS, EnvironmentRule
+from app.core.secret import Secret
 
-RISK_LEVELS = ("low", "medium", "high", "critical")
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
 # githubkit 0.16's default; GHES only knows 2022-11-28 (DESIGN §2).
 GITHUB_DOTCOM_API_VERSION = "2026-03-10"
@@ -37,14 +37,6 @@ class SettingsError(ValueError):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
-
-
-@dataclass(frozen=True)
-class EnvironmentRule:
-    """Per-environment overrides of what Stacksona is asked."""
-
-    tool_name: str | None = None
-    risk_level: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import Engine, text
 
-from app.db import make_engine, migrate
+from app.store.engine import make_engine, migrate
 
 POSTGRES_URL_VARIABLE = "STACKSONA_TEST_POSTGRES_URL"
 

@@ -1,7 +1,7 @@
 import pytest
 
-from app.backoff import parse_retry_after, poll_delay, retry_delay
-from app.comments import MAX_COMMENT_CHARS, DecisionContext, final_comment, fit, status_report
+from app.core.backoff import parse_retry_after, poll_delay, retry_delay
+from app.core.comments import MAX_COMMENT_CHARS, DecisionContext, final_comment, fit, status_report
 
 CTX = DecisionContext("acme/shop", "production", "thr_1", "gh-1-2-production-abc", None)
 

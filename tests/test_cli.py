@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from app.db import make_engine, migrate
+from app.store.engine import make_engine, migrate
 
 SETTINGS_VARIABLES = (
     "GITHUB_APP_ID",

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from app.decision import (
+from app.core.decision import (
     Approve,
     AwaitReview,
     Reject,
@@ -19,7 +19,7 @@ from app.decision import (
     decide_after_validation,
     decide_on_failure,
 )
-from app.secret import Secret
+from app.core.secret import Secret
 
 TOKEN = Secret("sat_one_time")
 STATUSES = ["allow", "reject", "pending_review", "approved", "rejected", "ALLOW", " Approved ", "escalated", "", None]

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from app.sweep import redeliver_lost_deliveries
+from app.worker.redelivery import redeliver_lost_deliveries
 from tests.world import OWNER, REPO, World, running_world, wait_for
 
 

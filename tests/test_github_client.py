@@ -25,9 +25,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.decision import ReviewResult, classify_review_response
-from app.github_client import GitHubAnswer, GitHubClient, ReviewState, RunTarget
-from app.secret import Secret
+from app.clients.github import GitHubAnswer, GitHubClient, ReviewState, RunTarget
+from app.core.decision import ReviewResult, classify_review_response
+from app.core.secret import Secret
 
 APP_ID = 31337
 GITHUB_API = "https://api.github.com"

@@ -3,7 +3,7 @@ from typing import Any
 
 import pytest
 
-from app.payload import PayloadError, parse_callback_url, parse_deployment_request
+from app.http.payload import PayloadError, parse_callback_url, parse_deployment_request
 
 API = "https://api.github.com"
 GHES = "https://ghe.example.com/api/v3"

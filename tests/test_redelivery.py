@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from app.redelivery import (
+from app.core.redelivery import (
     MAX_REDELIVERIES,
     DeliveryAttempt,
     choose_redeliveries,

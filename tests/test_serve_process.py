@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.signature import sign
+from app.http.signature import sign
 from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
 from tests.test_worker_process import Deployment

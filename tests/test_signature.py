@@ -1,6 +1,6 @@
 import pytest
 
-from app.signature import is_valid_signature, sign
+from app.http.signature import is_valid_signature, sign
 
 GITHUB_VECTOR_SECRET = "It's a Secret to Everybody"
 GITHUB_VECTOR_BODY = b"Hello, World!"

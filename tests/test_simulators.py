@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.signature import sign as webhook_signature
+from app.http.signature import sign as webhook_signature
 from app.simulators._server import LoopbackServer
 from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.decision import StacksonaAnswer
-from app.secret import Secret
-from app.stacksona import StacksonaCallFailed, StacksonaClient, is_explicitly_valid, parse_answer
+from app.clients.stacksona import StacksonaCallFailed, StacksonaClient, is_explicitly_valid, parse_answer
+from app.core.decision import StacksonaAnswer
+from app.core.secret import Secret
 
 BASE = "https://gate-1.stacksona.cloud"
 API_KEY = "sg_live_k3y_that_must_never_leak_0123456789"

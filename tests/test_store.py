@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, update
 
-from app.db import gates
-from app.gate import AcceptOutcome, Change, Gate, HistoryEntry
-from app.payload import DeploymentRequest
-from app.store import GateStore
+from app.core.gate import AcceptOutcome, Change, DeploymentRequest, Gate, HistoryEntry
+from app.store.gates import GateStore
+from app.store.schema import gates
 
 START = 1_700_000_000.0
 DEADLINE = 3600.0

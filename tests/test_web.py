@@ -12,12 +12,12 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import EnvironBuilder
 
-from app.db import make_engine, migrate
-from app.payload import parse_deployment_request
-from app.secret import Secret
-from app.signature import sign
-from app.store import GateStore
-from app.web import create_app
+from app.core.secret import Secret
+from app.http.payload import parse_deployment_request
+from app.http.routes import create_app
+from app.http.signature import sign
+from app.store.engine import make_engine, migrate
+from app.store.gates import GateStore
 from tests.test_payload import payload as deployment_payload
 from tests.world import WEBHOOK_SECRET, make_settings
 

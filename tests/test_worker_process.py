@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from app.db import make_engine, migrate
+from app.http.routes import create_app
 from app.simulators._server import LoopbackServer
 from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
-from app.store import GateStore
-from app.web import create_app
+from app.store.engine import make_engine, migrate
+from app.store.gates import GateStore
 from tests.world import API_KEY, APP_ID, OWNER, REPO, WEBHOOK_SECRET, make_settings, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")

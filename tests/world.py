@@ -16,18 +16,18 @@ from typing import Any, TypeVar
 import httpx
 from sqlalchemy import Engine
 
-from app.db import make_engine, migrate
-from app.gate import OPEN_STATES, Gate, HistoryEntry
+from app.core.gate import OPEN_STATES, Gate, HistoryEntry
+from app.core.secret import Secret
+from app.http.routes import create_app
 from app.runtime import build_services
-from app.secret import Secret
 from app.settings import Settings
 from app.simulators._server import LoopbackServer
 from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
-from app.steps import Services
-from app.store import GateStore
-from app.web import create_app
-from app.worker import Worker
+from app.store.engine import make_engine, migrate
+from app.store.gates import GateStore
+from app.worker.loop import Worker
+from app.worker.steps import Services
 
 OWNER, REPO = "acme", "shop"
 APP_ID = 4242

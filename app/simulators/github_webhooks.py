@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from app.signature import sign
+from app.http.signature import sign
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 

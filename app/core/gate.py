@@ -1,4 +1,4 @@
-"""What a gate is: its states, its record, its history, and a step's result (no I/O)."""
+"""What a gate is: the deployment it gates, its states, its record, its history, and a step's result (no I/O)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,28 @@ from typing import Any
 
 OPEN_STATES = ("new", "awaiting_review", "reporting")
 FINAL_STATES = ("approved", "rejected", "superseded", "failed")
+
+
+@dataclass(frozen=True)
+class DeploymentRequest:
+    """What one `deployment_protection_rule` delivery asks us to gate."""
+
+    repository_id: int
+    owner: str
+    repo: str
+    installation_id: int
+    run_id: int
+    environment: str
+    event: str
+    ref: str
+    sha: str
+    actor: str
+    pull_requests: tuple[int, ...]
+    deployment_id: int | None
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.repo}"
 
 
 class AcceptOutcome(StrEnum):

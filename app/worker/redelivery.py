@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 
-from app.github_client import GitHubCallFailed
-from app.redelivery import EVENT, choose_redeliveries, parse_attempt
-from app.steps import Services
-from app.store import GateStore
+from app.clients.github import GitHubCallFailed
+from app.core.redelivery import EVENT, choose_redeliveries, parse_attempt
+from app.store.gates import GateStore
+from app.worker.steps import Services
 
 log = logging.getLogger(__name__)
 CHORE = "github-redelivery"

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from app.gate import Gate
-from app.settings import EnvironmentRule
+from app.core.gate import Gate
 
 WORKFLOW_NAME = "GitHub deployment"
+RISK_LEVELS = ("low", "medium", "high", "critical")
 _PRODUCTION_LIKE = re.compile(r"(^|[^a-z0-9])(prod|production|prd|live)([^a-z0-9]|$)")
+
+
+@dataclass(frozen=True)
+class EnvironmentRule:
+    """Per-environment overrides of what Stacksona is asked."""
+
+    tool_name: str | None = None
+    risk_level: str | None = None
 
 
 def default_tool_name(environment: str) -> str:

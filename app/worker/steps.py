@@ -11,9 +11,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from app import comments
-from app.backoff import poll_delay, retry_delay
-from app.decision import (
+from app.clients.github import GitHubAnswer, GitHubClient, ReviewState, RunTarget
+from app.clients.stacksona import StacksonaCallFailed, StacksonaClient
+from app.core import comments
+from app.core.backoff import poll_delay, retry_delay
+from app.core.decision import (
     Approve,
     AwaitReview,
     Reject,
@@ -27,11 +29,9 @@ from app.decision import (
     decide_after_validation,
     decide_on_failure,
 )
-from app.decision_request import build_decision_request
-from app.gate import Change, Gate
-from app.github_client import GitHubAnswer, GitHubClient, ReviewState, RunTarget
+from app.core.decision_request import build_decision_request
+from app.core.gate import Change, Gate
 from app.settings import Settings
-from app.stacksona import StacksonaCallFailed, StacksonaClient
 
 # GitHub fails the job itself after 30 days; past that no answer matters.
 GITHUB_WAIT_LIMIT_SECONDS = 30 * 86400.0

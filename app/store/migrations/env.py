@@ -1,10 +1,10 @@
-"""Alembic environment: runs on the connection `app.db.migrate` hands over."""
+"""Alembic environment: runs on the connection `app.store.engine.migrate` hands over."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from app.db import metadata
+from app.store.schema import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)

@@ -21,9 +21,9 @@ from githubkit import AppAuthStrategy, AppInstallationAuthStrategy, GitHub
 from githubkit.cache import MemCacheStrategy
 from githubkit.exception import GitHubException, RequestFailed, RequestTimeout
 
-from app.backoff import parse_retry_after
-from app.redelivery import oldest_of
-from app.secret import Secret
+from app.core.backoff import parse_retry_after
+from app.core.redelivery import oldest_of
+from app.core.secret import Secret
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 # 100 rows a page: enough for days of deliveries of a busy App.

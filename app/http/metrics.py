@@ -6,7 +6,7 @@ import threading
 from collections import Counter
 from collections.abc import Mapping
 
-from app.gate import FINAL_STATES, OPEN_STATES
+from app.core.gate import FINAL_STATES, OPEN_STATES
 
 _HELP = {
     "stacksona_gate_webhooks_total": "GitHub webhook deliveries by outcome.",

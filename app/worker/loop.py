@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from app.backoff import retry_delay
-from app.gate import FINAL_STATES, Change, Gate
+from app.clients.stacksona import StacksonaCallFailed
+from app.core.backoff import retry_delay
+from app.core.gate import FINAL_STATES, Change, Gate
 from app.settings import SAFE_WORKER_LEASE_SECONDS
-from app.stacksona import StacksonaCallFailed
-from app.steps import LeaseLost, Services, run_step
-from app.store import GateStore
-from app.sweep import CHORE, redeliver_lost_deliveries
+from app.store.gates import GateStore
+from app.worker.redelivery import CHORE, redeliver_lost_deliveries
+from app.worker.steps import LeaseLost, Services, run_step
 
 log = logging.getLogger(__name__)
 

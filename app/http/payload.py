@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, TypeGuard
 from urllib.parse import unquote, urlsplit
+
+from app.core.gate import DeploymentRequest
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Ids are stored as BIGINT: anything larger is not a real GitHub id.
@@ -28,28 +29,6 @@ _CALLBACK_PATH = re.compile(
 
 class PayloadError(ValueError):
     """The payload cannot become a gate; the message says which field and why."""
-
-
-@dataclass(frozen=True)
-class DeploymentRequest:
-    """What one `deployment_protection_rule` delivery asks us to gate."""
-
-    repository_id: int
-    owner: str
-    repo: str
-    installation_id: int
-    run_id: int
-    environment: str
-    event: str
-    ref: str
-    sha: str
-    actor: str
-    pull_requests: tuple[int, ...]
-    deployment_id: int | None
-
-    @property
-    def full_name(self) -> str:
-        return f"{self.owner}/{self.repo}"
 
 
 def parse_deployment_request(payload: object, api_base_url: str) -> DeploymentRequest:

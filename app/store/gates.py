@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RowMapping, case, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from app.db import READ_ONLY, deliveries, gate_history, gates, schedules
-from app.gate import FINAL_STATES, OPEN_STATES, AcceptOutcome, Change, Gate, HistoryEntry
-from app.payload import DeploymentRequest
+from app.core.gate import FINAL_STATES, OPEN_STATES, AcceptOutcome, Change, DeploymentRequest, Gate, HistoryEntry
+from app.store.engine import READ_ONLY
+from app.store.schema import deliveries, gate_history, gates, schedules
 
 
 class GateStore:

@@ -11,12 +11,12 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.gate import OPEN_STATES
-from app.metrics import Metrics
-from app.payload import PayloadError, parse_deployment_request
+from app.core.gate import OPEN_STATES
+from app.http.metrics import Metrics
+from app.http.payload import PayloadError, parse_deployment_request
+from app.http.signature import is_valid_signature
 from app.settings import Settings
-from app.signature import is_valid_signature
-from app.store import GateStore
+from app.store.gates import GateStore
 
 log = logging.getLogger(__name__)
 JsonReply = tuple[Response, int]

@@ -15,9 +15,9 @@ from urllib.parse import quote
 
 import httpx
 
-from app.backoff import parse_retry_after
-from app.decision import StacksonaAnswer, StacksonaFailure
-from app.secret import Secret
+from app.core.backoff import parse_retry_after
+from app.core.decision import StacksonaAnswer, StacksonaFailure
+from app.core.secret import Secret
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from app.secret import Secret
+from app.core.secret import Secret
 
 
 class Status(StrEnum):

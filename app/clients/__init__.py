@@ -1,0 +1,1 @@
+"""Outbound clients: GitHub (through githubkit) and Stacksona (httpx)."""

@@ -1,0 +1,1 @@
+"""Accept: the HTTP routes, webhook signatures and payload parsing. No outbound call happens here."""

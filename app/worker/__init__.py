@@ -1,0 +1,1 @@
+"""The worker: the loop that claims due gates, the steps it runs, and periodic chores."""
