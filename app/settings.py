@@ -15,12 +15,13 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from dotenv import dotenv_values
 
 from app.core.decision_request import RISK_LEVELS, EnvironmentRule
 from app.core.secret import Secret
 
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
-# githubkit 0.16's default; GHES only knows 2022-11-28 (DESIGN §2).
+# githubkit 0.16's default; GHES only knows 2022-11-28 (docs/architecture.md, GitHub facts).
 GITHUB_DOTCOM_API_VERSION = "2026-03-10"
 GHES_API_VERSION = "2022-11-28"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
@@ -84,20 +85,13 @@ class Settings:
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """Parse KEY=VALUE lines; `#` comments, optional `export ` and quotes."""
-    values: dict[str, str] = {}
+    """The `.env` entries as written: python-dotenv's syntax (quotes, multi-line values, `export`)."""
     if not path.is_file():
-        return values
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
+        return {}
+    # interpolate=False: secrets may contain `$`, and `${VAR}` expansion would
+    # rewrite them silently, reading os.environ instead of the mapping we merge.
+    values = dotenv_values(path, interpolate=False, encoding="utf-8")
+    return {key: value for key, value in values.items() if value is not None}  # a bare `KEY` line has no value
 
 
 def merged_environment(environ: Mapping[str, str], dotenv: Path | None) -> dict[str, str]:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import GHES_API_VERSION, GITHUB_DOTCOM_API_VERSION, SettingsError, load_settings
+from app.settings import GHES_API_VERSION, GITHUB_DOTCOM_API_VERSION, SettingsError, load_settings, read_dotenv
 
 
 def load(env: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -94,13 +94,69 @@ def test_private_key_with_literal_newlines_and_from_path(
     assert "BEGIN PRIVATE KEY" in load(env).github_private_key.reveal()
 
 
-def test_dotenv_is_read_and_real_environment_wins(base_env: dict[str, str], tmp_path: Path) -> None:
+def write_dotenv(tmp_path: Path, text: str) -> Path:
     dotenv = tmp_path / ".env"
-    dotenv.write_text('# comment\nexport PORT=9001\nGATE_DEADLINE="12h"\nSTACKSONA_API_KEY=from-file\n')
+    dotenv.write_text(text, encoding="utf-8")
+    return dotenv
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("VALUE=plain", "plain"),
+        ("export VALUE=exported", "exported"),
+        ("VALUE = spaced", "spaced"),
+        ("VALUE=kept # an inline comment", "kept"),
+        ('VALUE="double quoted"', "double quoted"),
+        ("VALUE='single quoted'", "single quoted"),
+        ("VALUE='a # is no comment in quotes'", "a # is no comment in quotes"),
+        ("VALUE=base64==", "base64=="),
+        # interpolate=False: `$` in a secret is kept, never expanded from os.environ.
+        ("VALUE=sg_${DOTENV_TEST_EXPANDED}", "sg_${DOTENV_TEST_EXPANDED}"),
+        ('VALUE="sg_${DOTENV_TEST_EXPANDED}"', "sg_${DOTENV_TEST_EXPANDED}"),
+        ("VALUE=sg_$DOTENV_TEST_EXPANDED", "sg_$DOTENV_TEST_EXPANDED"),
+        ("# VALUE=commented out", None),
+        ("VALUE", None),
+    ],
+)
+def test_dotenv_syntax(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str, expected: str | None) -> None:
+    monkeypatch.setenv("DOTENV_TEST_EXPANDED", "expanded")
+    assert read_dotenv(write_dotenv(tmp_path, f"# header\n{line}\nOTHER=1\n")).get("VALUE") == expected
+
+
+def test_a_multi_line_quoted_private_key_in_dotenv_is_read_whole(
+    base_env: dict[str, str], private_pem: str, tmp_path: Path
+) -> None:
+    env = {name: value for name, value in base_env.items() if name != "GITHUB_PRIVATE_KEY"}
+    dotenv = write_dotenv(
+        tmp_path, f'# the key as downloaded from GitHub\nGITHUB_PRIVATE_KEY="{private_pem}"\nPORT=9001\n'
+    )
+    settings = load_settings(env, dotenv=dotenv)
+    assert settings.github_private_key.reveal() == private_pem
+    assert settings.port == 9001  # the lines after the key are still read
+
+
+@pytest.mark.parametrize("quote", ["", "'", '"'])
+def test_a_one_line_private_key_with_newline_escapes_in_dotenv(
+    base_env: dict[str, str], private_pem: str, tmp_path: Path, quote: str
+) -> None:
+    env = {name: value for name, value in base_env.items() if name != "GITHUB_PRIVATE_KEY"}
+    one_line = private_pem.strip().replace("\n", "\\n")
+    dotenv = write_dotenv(tmp_path, f"GITHUB_PRIVATE_KEY={quote}{one_line}{quote}\n")
+    assert load_settings(env, dotenv=dotenv).github_private_key.reveal() == private_pem
+
+
+def test_dotenv_is_read_and_real_environment_wins(base_env: dict[str, str], tmp_path: Path) -> None:
+    dotenv = write_dotenv(tmp_path, '# comment\nexport PORT=9001\nGATE_DEADLINE="12h"\nSTACKSONA_API_KEY=from-file\n')
     settings = load_settings(base_env, dotenv=dotenv)
     assert settings.port == 9001
     assert settings.gate_deadline_seconds == 12 * 3600
     assert settings.stacksona_api_key.reveal() == "sg_test_key"
+
+
+def test_a_missing_dotenv_is_no_error(base_env: dict[str, str], tmp_path: Path) -> None:
+    assert read_dotenv(tmp_path / "absent.env") == {}
+    assert load_settings(base_env, dotenv=tmp_path / "absent.env").port == 8000
 
 
 def test_environment_rules(base_env: dict[str, str]) -> None:

@@ -20,6 +20,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 _log = logging.getLogger(__name__)
+_MAX_HOLD_SECONDS = 60.0
 
 
 class _QuietRequestHandler(WSGIRequestHandler):
@@ -132,6 +133,8 @@ class FaultPlan:
         self._lock = threading.Lock()
         self._failures: dict[str, deque[_Failure]] = {route: deque() for route in self._routes}
         self._delays: dict[str, float] = {}
+        self._holds: dict[str, threading.Event] = {}
+        self._held: dict[str, int] = dict.fromkeys(self._routes, 0)
 
     def fail_next(
         self,
@@ -157,7 +160,7 @@ class FaultPlan:
             self._delays[route] = seconds
 
     def intercept(self, route: str) -> Response | None:
-        """Sleeps the route's delay, then answers a queued failure if there is one.
+        """Waits out a hold and the route's delay, then answers a queued failure if there is one.
 
         The request still takes effect after the delay when no failure is queued, like a
         slow real server whose client gave up: that is what idempotency must survive.
@@ -166,9 +169,39 @@ class FaultPlan:
             delay = self._delays.get(route, 0.0)
             queue = self._failures[route]
             failure = queue.popleft() if queue else None
+            hold = self._holds.get(route)
+            if hold is not None:
+                self._held[route] += 1
+        if hold is not None:
+            self._wait_for_release(route, hold)
         if delay > 0:
             time.sleep(delay)
         return None if failure is None else self._render(failure)
+
+    def hold(self, route: str) -> None:
+        """Keeps later requests to `route` in flight, unanswered, until `release`."""
+        self._check_route(route)
+        with self._lock:
+            self._holds.setdefault(route, threading.Event())
+
+    def release(self, route: str) -> None:
+        """Lets held requests go on; each then takes effect as if it had just arrived."""
+        with self._lock:
+            hold = self._holds.pop(route, None)
+        if hold is not None:
+            hold.set()
+
+    def held(self, route: str) -> int:
+        """How many requests to `route` are in flight on a hold right now."""
+        self._check_route(route)
+        with self._lock:
+            return self._held[route]
+
+    def _wait_for_release(self, route: str, hold: threading.Event) -> None:
+        # Bounded so a test that forgets `release` cannot wedge a server thread forever.
+        hold.wait(timeout=_MAX_HOLD_SECONDS)
+        with self._lock:
+            self._held[route] -= 1
 
     def _render(self, failure: _Failure) -> Response:
         body = self._default_body(failure.status) if failure.body is None else failure.body
@@ -185,9 +218,22 @@ class FaultPlan:
 class SimulatorBase:
     """A loopback server dispatching a werkzeug URL map to the subclass's `_handle`."""
 
+    _faults: FaultPlan  # set by the subclass, with its own routes
+
     def __init__(self, url_map: Map) -> None:
         self._url_map = url_map
         self._server = LoopbackServer(self._wsgi)
+
+    def hold(self, route: str) -> None:
+        """Keeps later calls to `route` in flight until `release`: a crash can then land mid-call."""
+        self._faults.hold(route)
+
+    def release(self, route: str) -> None:
+        self._faults.release(route)
+
+    def held(self, route: str) -> int:
+        """How many calls to `route` are in flight on a hold right now."""
+        return self._faults.held(route)
 
     def start(self) -> Self:
         self._server.start()
