@@ -1,4 +1,6 @@
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -7,6 +9,7 @@ from app.http.payload import PayloadError, parse_callback_url, parse_deployment_
 
 API = "https://api.github.com"
 GHES = "https://ghe.example.com/api/v3"
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def payload(**overrides: Any) -> dict[str, Any]:
@@ -15,7 +18,7 @@ def payload(**overrides: Any) -> dict[str, Any]:
         "environment": "production",
         "event": "push",
         "sha": "a" * 40,
-        "ref": "refs/heads/main",
+        "ref": "main",
         "deployment_callback_url": f"{API}/repos/acme/shop/actions/runs/42/deployment_protection_rule",
         "deployment": {"id": 7, "environment": "production"},
         "pull_requests": [{"number": 5}, {"number": 8}],
@@ -131,3 +134,183 @@ BAD_CALLBACKS = [
 def test_callback_url_rejected(url: str, base: str) -> None:
     with pytest.raises(PayloadError, match="deployment_callback_url"):
         parse_callback_url(url, base, owner="acme", repo="shop")
+
+
+# --- Defect 3: control characters and percent-encoding tricks in the callback URL --------------
+
+CANONICAL = f"{API}/repos/acme/shop/actions/runs/42/deployment_protection_rule"
+TRICKY_CALLBACKS = {
+    "trailing-LF": CANONICAL + "\n",
+    "trailing-CRLF": CANONICAL + "\r\n",
+    "tab-inside": CANONICAL.replace("/actions", "/act\tions"),
+    "LF-in-host": CANONICAL.replace("api.github", "api.git\nhub"),
+    "leading-space": " " + CANONICAL,
+    "trailing-space": CANONICAL + " ",
+    "NUL": CANONICAL + "\x00",
+    "DEL": CANONICAL.replace("/repos", "/re\x7fpos"),
+    "C1-NEL": CANONICAL + "\x85",
+    "escape": "\x1b" + CANONICAL,
+    "encoded-slash": f"{API}/repos/acme%2Fshop/actions/runs/42/deployment_protection_rule",
+    "encoded-dot-dot": f"{API}/repos/acme/%2e%2e/shop/actions/runs/42/deployment_protection_rule",
+    "encoded-owner": f"{API}/repos/%61cme/shop/actions/runs/42/deployment_protection_rule",
+    "encoded-run-id": f"{API}/repos/acme/shop/actions/runs/%34%32/deployment_protection_rule",
+    "dot-segment": f"{API}/repos/acme/shop/./actions/runs/42/deployment_protection_rule",
+    "double-slash": f"{API}//repos/acme/shop/actions/runs/42/deployment_protection_rule",
+    "trailing-slash": CANONICAL + "/",
+    "empty-query": CANONICAL + "?",
+    "empty-fragment": CANONICAL + "#",
+    "empty-userinfo": CANONICAL.replace("https://", "https://@"),
+    "backslash": CANONICAL.replace("/actions", "\\actions"),
+    "leading-zero-run": CANONICAL.replace("/42/", "/042/"),
+    "fullwidth-letter": CANONICAL.replace("acme", "\uff41cme"),
+    "surrogate": CANONICAL + "\ud800",
+}
+
+
+@pytest.mark.parametrize("url", TRICKY_CALLBACKS.values(), ids=TRICKY_CALLBACKS.keys())
+def test_callback_url_must_be_canonical(url: str) -> None:
+    with pytest.raises(PayloadError, match="deployment_callback_url"):
+        parse_callback_url(url, API, owner="acme", repo="shop")
+
+
+def test_a_callback_url_ending_in_newline_is_refused_in_a_payload() -> None:
+    with pytest.raises(
+        PayloadError, match=r"deployment_callback_url must not contain control characters \(found U\+000A"
+    ):
+        parse_deployment_request(payload(deployment_callback_url=CANONICAL + "\n"), API)
+
+
+# --- Defects 2 and 3: every string kept or compared is plain, encodable text -------------------
+
+
+def _set(path: str, value: object) -> dict[str, Any]:
+    data = copy.deepcopy(payload())
+    *parents, last = path.split(".")
+    target = data
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    return data
+
+
+def _with_bad(path: str, bad: str) -> dict[str, Any]:
+    # Keep names non-empty and the callback URL consistent, so the bad character is what is refused.
+    good = {"repository.name": "shop", "repository.owner.login": "acme", "deployment.ref": "main"}.get(path, "x")
+    data = _set(path, good + bad)
+    if path.startswith("deployment."):
+        data.pop(path.removeprefix("deployment."))  # make the parser fall back to `deployment`
+    return data
+
+
+KEPT_FIELDS = [
+    "environment",
+    "event",
+    "ref",
+    "sha",
+    "sender.login",
+    "repository.name",
+    "repository.owner.login",
+    "deployment.ref",
+    "deployment.sha",
+]
+CONTROL_CHARACTERS = {
+    "NUL": "\x00",
+    "TAB": "\t",
+    "LF": "\n",
+    "CR": "\r",
+    "ESC": "\x1b",
+    "US": "\x1f",
+    "DEL": "\x7f",
+    "C1-PAD": "\x80",
+    "C1-NEL": "\x85",
+    "C1-APC": "\x9f",
+    "LINE-SEPARATOR": "\u2028",
+    "PARAGRAPH-SEPARATOR": "\u2029",
+}
+
+
+@pytest.mark.parametrize("bad", CONTROL_CHARACTERS.values(), ids=CONTROL_CHARACTERS.keys())
+@pytest.mark.parametrize("path", KEPT_FIELDS)
+def test_control_characters_are_refused_naming_the_field(path: str, bad: str) -> None:
+    with pytest.raises(PayloadError, match=rf"^{path} must not contain control characters"):
+        parse_deployment_request(_with_bad(path, bad), API)
+
+
+SURROGATES = {"high": "\ud800", "low": "\udfff", "inside": "\udc80z"}
+
+
+@pytest.mark.parametrize("bad", SURROGATES.values(), ids=SURROGATES.keys())
+@pytest.mark.parametrize("path", KEPT_FIELDS)
+def test_lone_surrogates_are_refused_naming_the_field(path: str, bad: str) -> None:
+    data = json.loads(json.dumps(_with_bad(path, bad)))  # exactly what json.loads makes of a "\ud800" escape
+    with pytest.raises(PayloadError, match=rf"^{path} must be valid Unicode text"):
+        parse_deployment_request(data, API)
+
+
+def test_non_ascii_text_and_surrogate_pairs_are_kept() -> None:
+    data = json.loads(json.dumps(payload(environment="prød 🚀", sender={"login": "zoë"}), ensure_ascii=True))
+    assert '"\\ud83d\\ude80"' in json.dumps("🚀")  # the pair travels as two escapes and decodes to one character
+    request = parse_deployment_request(data, API)
+    assert (request.environment, request.actor) == ("prød 🚀", "zoë")
+    assert request.environment.encode() == "prød 🚀".encode()
+
+
+# --- Defect 6: `ref`/`sha` from the top level first, then from `deployment` --------------------
+
+SHA_TOP, SHA_DEPLOYMENT = "a" * 40, "b" * 40
+REF_CASES = [
+    pytest.param({"ref": "main", "sha": SHA_TOP}, {"ref": "dep", "sha": SHA_DEPLOYMENT}, ("main", SHA_TOP), id="both"),
+    pytest.param({}, {"ref": "release/1", "sha": SHA_DEPLOYMENT}, ("release/1", SHA_DEPLOYMENT), id="schema-shape"),
+    pytest.param({"ref": None, "sha": None}, {"ref": "dep", "sha": SHA_DEPLOYMENT}, ("dep", SHA_DEPLOYMENT), id="null"),
+    pytest.param({"ref": "", "sha": ""}, {"ref": "dep", "sha": SHA_DEPLOYMENT}, ("dep", SHA_DEPLOYMENT), id="empty"),
+    pytest.param(
+        {"ref": 7, "sha": ["x"]}, {"ref": "dep", "sha": SHA_DEPLOYMENT}, ("dep", SHA_DEPLOYMENT), id="wrong-type"
+    ),
+    pytest.param({"ref": "main"}, {"sha": SHA_DEPLOYMENT}, ("main", SHA_DEPLOYMENT), id="mixed"),
+    pytest.param({"ref": "main", "sha": SHA_TOP}, None, ("main", SHA_TOP), id="captured-null-deployment"),
+    pytest.param({}, None, ("", ""), id="nothing-anywhere"),
+    pytest.param({}, {"id": 3, "environment": "production"}, ("", ""), id="minimal-deployment"),
+    pytest.param({}, {"ref": 1, "sha": None}, ("", ""), id="deployment-wrong-types"),
+]
+
+
+@pytest.mark.parametrize(("top", "deployment", "expected"), REF_CASES)
+def test_ref_and_sha_come_from_the_top_level_then_from_deployment(
+    top: dict[str, Any], deployment: dict[str, Any] | None, expected: tuple[str, str]
+) -> None:
+    data = payload(deployment=deployment)
+    del data["ref"], data["sha"]
+    request = parse_deployment_request(data | top, API)
+    assert (request.ref, request.sha) == expected
+
+
+# --- Both real delivery shapes, as kept in tests/fixtures ---------------------------------------
+
+
+def fixture(shape: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / f"deployment_protection_rule.{shape}.json").read_text())
+    return data
+
+
+@pytest.mark.parametrize(
+    ("shape", "ref", "deployment_id"),
+    [("captured", "main", 145988746), ("schema", "master", 145988746)],
+)
+def test_both_real_delivery_shapes_parse(shape: str, ref: str, deployment_id: int) -> None:
+    request = parse_deployment_request(fixture(shape), API)
+    assert (request.owner, request.repo, request.run_id) == ("Codertocat", "Hello-World", 9876543210)
+    assert (request.environment, request.event, request.actor) == ("production", "push", "Codertocat")
+    assert (request.ref, request.sha) == (ref, "f95f852bd8fca8fcc58a9a2d6c842781e32a215e")
+    assert (request.installation_id, request.repository_id, request.deployment_id) == (
+        2311213,
+        186853002,
+        deployment_id,
+    )
+
+
+def test_fixtures_differ_exactly_where_github_drifts() -> None:
+    captured, schema = fixture("captured"), fixture("schema")
+    assert "ref" not in schema and "sha" not in schema
+    assert {"ref", "sha"} <= set(schema["deployment"])
+    assert (captured["ref"], set(captured["deployment"])) == ("main", {"id", "environment"})
+    assert set(captured) - set(schema) == {"ref", "sha"}

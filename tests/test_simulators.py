@@ -8,8 +8,11 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.types import StartResponse, WSGIEnvironment
@@ -21,8 +24,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.http.signature import sign as webhook_signature
+from app.simulators import github_webhooks
 from app.simulators._server import LoopbackServer
-from app.simulators.github import GitHubSimulator
+from app.simulators.github import DEFAULT_SHA, GitHubSimulator
+from app.simulators.github_deliveries import GHES_REDELIVERY_WINDOW, REDELIVERY_WINDOW, DeliveryLog
+from app.simulators.github_webhooks import HookIdentity
 from app.simulators.stacksona import StacksonaSimulator
 
 APP_ID = 4242
@@ -291,9 +297,8 @@ def test_webhook_payload_points_back_at_the_simulator(github: GitHubSimulator) -
     assert payload["pull_requests"][0]["number"] == 12
     assert payload["repository"]["full_name"] == "acme/shop"
     assert payload["installation"] == {"id": 1, "node_id": "MDIz1"}
-    default = github.open_deployment(**RUN)["deployment"]
-    assert default["environment"] == "production"
-    assert default["task"] == "deploy"
+    given = github.open_deployment(**RUN, deployment={"id": 5, "environment": "production", "task": "deploy"})
+    assert given["deployment"] == {"id": 5, "environment": "production", "task": "deploy"}
 
 
 def test_ghes_prefix_routes_everything_under_api_v3(app_key: rsa.RSAPrivateKey) -> None:
@@ -334,6 +339,236 @@ def test_deliver_signs_the_raw_body(github: GitHubSimulator, receiver: tuple[Rec
     assert headers["x-github-delivery"] == "d-1"
     assert headers["content-type"] == "application/json"
     assert json.loads(body) == payload
+
+
+# --- GitHub: as strict as the real service -------------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+UNKNOWN_VERSION = "2099-01-01"
+
+
+def _routes(sim: GitHubSimulator, key: rsa.RSAPrivateKey) -> dict[str, tuple[str, str, dict[str, str]]]:
+    """One call per REST route, each with the credentials it needs."""
+    token = {"Authorization": f"token {get_token(sim, key)}"}
+    app_jwt = {"Authorization": f"Bearer {make_jwt(key)}"}
+    run = f"{sim.url}/repos/acme/shop/actions/runs/77"
+    return {
+        "token": ("POST", f"{sim.url}/app/installations/1/access_tokens", app_jwt),
+        "review": ("POST", f"{run}/deployment_protection_rule", token),
+        "run": ("GET", run, token),
+        "deliveries": ("GET", f"{sim.url}/app/hook/deliveries", app_jwt),
+        "redeliver": ("POST", f"{sim.url}/app/hook/deliveries/1/attempts", app_jwt),
+    }
+
+
+def _call(route: tuple[str, str, dict[str, str]], version: str | None) -> httpx.Response:
+    method, url, headers = route
+    extra = {} if version is None else {"X-GitHub-Api-Version": version}
+    body = {"environment_name": "production", "comment": "still waiting"} if method == "POST" else None
+    return httpx.request(method, url, headers=headers | extra, json=body)
+
+
+@pytest.mark.parametrize("route", ["token", "review", "run", "deliveries", "redeliver"])
+@pytest.mark.parametrize(
+    ("ghes", "version", "refused_with"),
+    [
+        (False, None, None),
+        (False, "2022-11-28", None),
+        (False, "2026-03-10", None),
+        (False, UNKNOWN_VERSION, 410),
+        (False, "v3", 410),
+        (False, "", 410),
+        (True, None, None),
+        (True, "2022-11-28", None),
+        (True, "2026-03-10", 400),
+        (True, UNKNOWN_VERSION, 400),
+    ],
+)
+def test_unsupported_api_versions_are_refused_on_every_route(
+    app_key: rsa.RSAPrivateKey, route: str, ghes: bool, version: str | None, refused_with: int | None
+) -> None:
+    with GitHubSimulator(
+        app_id=APP_ID, public_key_pem=_public_pem(app_key), path_prefix="/api/v3" if ghes else ""
+    ) as sim:
+        sim.open_deployment(**RUN)
+        response = _call(_routes(sim, app_key)[route], version)
+    if refused_with is None:
+        assert response.status_code not in (400, 410), response.text
+        return
+    assert response.status_code == refused_with
+    body = response.json()
+    assert set(body) == {"message", "documentation_url"}
+    assert "X-GitHub-Api-Version" in body["message"] and f'"{version}"' in body["message"]
+    assert body["documentation_url"].startswith("https://docs.github.com/")
+    assert sim.is_pending(**RUN)  # a refused review changes nothing
+
+
+def _fixture(shape: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / f"deployment_protection_rule.{shape}.json").read_text())
+    return data
+
+
+def test_default_delivery_has_the_captured_shape(github: GitHubSimulator) -> None:
+    payload = github.open_deployment(**RUN)
+    assert (payload["ref"], payload["sha"]) == ("main", DEFAULT_SHA)
+    assert set(payload["deployment"]) == {"id", "environment"}
+    assert payload["deployment"]["environment"] == "production"
+    assert set(payload) == set(_fixture("captured"))
+
+
+def test_schema_shaped_delivery_matches_octokit_schema(github: GitHubSimulator) -> None:
+    payload = github.open_deployment(**RUN, shape="schema", ref="release/2")
+    assert "ref" not in payload and "sha" not in payload
+    fixture = _fixture("schema")
+    assert set(payload) == set(fixture)
+    # Every key octokit/webhooks' common/deployment.schema.json requires.
+    required = {"url", "id", "node_id", "sha", "ref", "task", "payload", "original_environment", "environment"}
+    required |= {"description", "creator", "created_at", "updated_at", "statuses_url", "repository_url"}
+    assert (
+        required
+        <= set(payload["deployment"])
+        <= set(fixture["deployment"])
+        | {
+            "transient_environment",
+            "production_environment",
+        }
+    )
+    assert (payload["deployment"]["ref"], payload["deployment"]["sha"]) == ("release/2", DEFAULT_SHA)
+    assert set(payload["installation"]) == {"id", "node_id"}
+
+
+def test_minimal_delivery_has_a_null_deployment(github: GitHubSimulator) -> None:
+    payload = github.open_deployment(**RUN, shape="minimal")
+    assert payload["deployment"] is None
+    assert (payload["ref"], payload["sha"]) == ("main", DEFAULT_SHA)
+    with pytest.raises(ValueError, match="shape"):
+        github.open_deployment(**RUN, shape="kind")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ghes", [False, True], ids=["github.com", "ghes"])
+def test_deliveries_carry_every_real_header(
+    app_key: rsa.RSAPrivateKey, receiver: tuple[Recorder, str], ghes: bool
+) -> None:
+    recorder, url = receiver
+    with GitHubSimulator(
+        app_id=APP_ID, public_key_pem=_public_pem(app_key), path_prefix="/api/v3" if ghes else ""
+    ) as sim:
+        sim.deliver(url, sim.open_deployment(**RUN), secret="s3cret")
+    [(headers, _, body)] = recorder.calls
+    assert headers["x-github-hook-id"] == str(sim.hook_id)
+    assert headers["x-github-hook-installation-target-type"] == "integration"
+    assert headers["x-github-hook-installation-target-id"] == str(APP_ID)
+    assert headers["user-agent"].startswith("GitHub-Hookshot/")
+    assert uuid.UUID(headers["x-github-delivery"])
+    sha1 = hmac.new(b"s3cret", body, "sha1").hexdigest()
+    assert headers["x-hub-signature"] == f"sha1={sha1}"  # sent, and never to be trusted
+    assert ("x-github-enterprise-host" in headers, "x-github-enterprise-version" in headers) == (ghes, ghes)
+
+
+@pytest.mark.parametrize(("ghes", "seconds"), [(False, 10.0), (True, 30.0)], ids=["github.com", "ghes"])
+def test_delivery_timeout_is_the_hosts(
+    app_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch, ghes: bool, seconds: float
+) -> None:
+    sent: list[float] = []
+
+    def fake_post(url: str, **kwargs: Any) -> httpx.Response:
+        sent.append(kwargs["timeout"])
+        return httpx.Response(202)
+
+    monkeypatch.setattr(github_webhooks.httpx, "post", fake_post)
+    with GitHubSimulator(app_id=APP_ID, public_key_pem=_public_pem(app_key), ghes=ghes) as sim:
+        sim.deliver("http://127.0.0.1:9/hook", sim.open_deployment(**RUN), secret="s")
+    assert sim.delivery_timeout == seconds and sent == [seconds]
+
+
+@pytest.mark.parametrize(
+    ("window", "age_days", "status"), [(REDELIVERY_WINDOW, 5, 422), (GHES_REDELIVERY_WINDOW, 5, 202)]
+)
+def test_redelivery_window_is_the_hosts(
+    receiver: tuple[Recorder, str], window: timedelta, age_days: int, status: int
+) -> None:
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    log = DeliveryLog(lambda: HookIdentity(APP_ID, 1), timeout=10.0, window=window, clock=lambda: now[0])
+    log.send(receiver[1], {"action": "requested"}, secret="s", event="deployment_protection_rule", guid="g")
+    now[0] += timedelta(days=age_days)
+    assert log.redeliver(log.attempts[0].id).status_code == status
+
+
+# --- GitHub: workflow runs ----------------------------------------------------------------------
+
+
+def get_run(sim: GitHubSimulator, token: str, run_id: int = 77, repo: str = "shop") -> httpx.Response:
+    return httpx.get(f"{sim.url}/repos/acme/{repo}/actions/runs/{run_id}", headers={"Authorization": f"token {token}"})
+
+
+def test_a_run_waits_while_its_gate_is_pending_then_runs(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+    github.open_deployment(**RUN, ref="release/1")
+    token = get_token(github, app_key)
+    run = get_run(github, token).json()
+    assert (run["id"], run["status"], run["conclusion"]) == (77, "waiting", None)
+    assert (run["head_branch"], run["head_sha"], run["run_attempt"]) == ("release/1", DEFAULT_SHA, 1)
+    assert run["url"] == f"{github.url}/repos/acme/shop/actions/runs/77"
+    assert review(github, token, {"environment_name": "production", "state": "approved"}).status_code == 204
+    assert get_run(github, token).json()["status"] == "in_progress"
+    github.finish_run("acme", "shop", 77)
+    assert (get_run(github, token).json()["status"], get_run(github, token).json()["conclusion"]) == (
+        "completed",
+        "success",
+    )
+
+
+@pytest.mark.parametrize("conclusion", ["cancelled", "failure", "timed_out"])
+def test_a_finished_run_has_nothing_pending(
+    github: GitHubSimulator, app_key: rsa.RSAPrivateKey, conclusion: str
+) -> None:
+    github.open_deployment(**RUN)
+    token = get_token(github, app_key)
+    github.finish_run("acme", "shop", 77, conclusion=conclusion)
+    run = get_run(github, token).json()
+    assert (run["status"], run["conclusion"]) == ("completed", conclusion)
+    assert not github.is_pending(**RUN)
+    answer = review(github, token, {"environment_name": "production", "state": "approved"})
+    assert answer.status_code == 422 and "No pending deployment" in answer.json()["message"]
+    assert review(github, token, {"environment_name": "production", "comment": "x"}).status_code == 422
+
+
+def test_a_bypassed_rule_leaves_the_run_going(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+    github.open_deployment(**RUN)
+    token = get_token(github, app_key)
+    github.bypass("acme", "shop", 77)
+    assert get_run(github, token).json()["status"] == "in_progress"
+    assert review(github, token, {"environment_name": "production", "state": "approved"}).status_code == 422
+
+
+def test_a_rerun_waits_again_with_the_next_attempt(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+    github.open_deployment(**RUN)
+    github.cancel_run("acme", "shop", 77)
+    github.open_deployment(**RUN)
+    run = get_run(github, get_token(github, app_key)).json()
+    assert (run["status"], run["conclusion"], run["run_attempt"]) == ("waiting", None, 2)
+
+
+def test_reading_a_run_needs_a_token_of_the_installation(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+    github.open_deployment(**RUN, installation_id=5)
+    assert get_run(github, "ghs_made_up").status_code == 401
+    assert httpx.get(f"{github.url}/repos/acme/shop/actions/runs/77").status_code == 401
+    assert get_run(github, get_token(github, app_key, installation_id=6)).status_code == 404
+    mine = get_token(github, app_key, installation_id=5)
+    assert get_run(github, mine).status_code == 200
+    assert get_run(github, mine, run_id=78).json() == {
+        "message": "Not Found",
+        "documentation_url": "https://docs.github.com/rest",
+    }
+    github.fail_next("run", 502)
+    assert get_run(github, mine).status_code == 502
+
+
+def test_finishing_needs_a_known_run_and_a_real_conclusion(github: GitHubSimulator) -> None:
+    with pytest.raises(LookupError):
+        github.finish_run("acme", "shop", 404)
+    github.open_deployment(**RUN)
+    with pytest.raises(ValueError, match="conclusion"):
+        github.finish_run("acme", "shop", 77, conclusion="done")
 
 
 # --- Stacksona ---------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """Lenient parsing of `deployment_protection_rule` payloads, strict where it matters.
 
 Real deliveries drift from the published schema (e.g. `deployment` may be null
-or carry only `id` and `environment`), so only the fields the gate needs are
-required. The callback URL is the exception: it is the only place the run id
-appears, and a token must never go to a host a payload names, so it is parsed
-strictly against the configured API base.
+or carry only `id` and `environment`; captured deliveries carry a top-level
+`ref`/`sha` that the schema keeps inside `deployment`), so only the fields the
+gate needs are required. Every string kept or compared is plain text: no control
+character, no lone UTF-16 surrogate (docs/architecture.md, "GitHub facts").
+The callback URL is the exception to leniency: it is the only place the run id
+appears, and a token must never go to a host a payload names, so it must be the
+canonical URL under the configured API base, character for character.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any, TypeGuard
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from app.core.gate import DeploymentRequest
 
@@ -21,9 +24,19 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_ID = 2**63 - 1
 # Column widths of the gates table; GitHub's own limits are within them.
 _MAX_LENGTHS = {"environment": 255, "repository.name": 100, "repository.owner.login": 100}
+# C0 (tab, CR and LF included), DEL, C1 and the Unicode line/paragraph separators: no GitHub name or ref
+# holds one, PostgreSQL text cannot hold NUL, urlsplit silently drops tab/CR/LF before anything is
+# compared, and a line break in a logged name would forge a log line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A JSON "\ud800" escape decodes to a lone surrogate, which neither UTF-8 nor the database drivers encode.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# GitHub owner logins are letters, digits and hyphens; repository names add "." and "_". A real callback
+# URL therefore never needs percent-encoding, a query, a fragment or user info: any of them is a trick.
+_URL_CHARACTERS = re.compile(r"[A-Za-z0-9._~:/\[\]-]+")
 _CALLBACK_PATH = re.compile(
-    r"^/repos/(?P<owner>[^/]+)/(?P<repo>[^/]+)/actions/runs/(?P<run_id>[0-9]{1,19})"
-    r"/deployment_protection_rule$"
+    r"/repos/(?!\.\.?/)(?P<owner>[A-Za-z0-9._-]+)/(?!\.\.?/)(?P<repo>[A-Za-z0-9._-]+)"
+    r"/actions/runs/(?P<run_id>[1-9][0-9]{0,18})"
+    r"/deployment_protection_rule"
 )
 
 
@@ -38,6 +51,7 @@ def parse_deployment_request(payload: object, api_base_url: str) -> DeploymentRe
     owner = _string(_object(repository, "owner", "repository.owner"), "login", "repository.owner.login")
     repo = _string(repository, "name", "repository.name")
     run_id = parse_callback_url(_string(payload, "deployment_callback_url"), api_base_url, owner=owner, repo=repo)
+    deployment = payload.get("deployment")
     return DeploymentRequest(
         repository_id=_positive_int(repository, "id", "repository.id"),
         owner=owner,
@@ -46,31 +60,33 @@ def parse_deployment_request(payload: object, api_base_url: str) -> DeploymentRe
         run_id=run_id,
         environment=_string(payload, "environment"),
         event=_optional_string(payload, "event"),
-        ref=_optional_string(payload, "ref"),
-        sha=_optional_string(payload, "sha"),
-        actor=_optional_string(payload.get("sender") or {}, "login"),
+        # Captured deliveries carry `ref`/`sha` at the top level; the published schema only inside `deployment`.
+        ref=_optional_string(payload, "ref") or _optional_string(deployment, "ref", "deployment.ref"),
+        sha=_optional_string(payload, "sha") or _optional_string(deployment, "sha", "deployment.sha"),
+        actor=_optional_string(payload.get("sender"), "login", "sender.login"),
         pull_requests=_pull_request_numbers(payload.get("pull_requests")),
-        deployment_id=_deployment_id(payload.get("deployment")),
+        deployment_id=_deployment_id(deployment),
     )
 
 
 def parse_callback_url(url: str, api_base_url: str, *, owner: str, repo: str) -> int:
     """Return the run id, or raise PayloadError unless the URL is exactly ours."""
+    _plain_text(url, "deployment_callback_url")
+    if _URL_CHARACTERS.fullmatch(url) is None:
+        raise PayloadError(
+            "deployment_callback_url must be the canonical callback URL "
+            "(no percent-encoding, spaces, query, fragment or credentials)"
+        )
     parts, base = urlsplit(url), urlsplit(api_base_url.rstrip("/"))
     if (parts.scheme, _host_port(parts)) != (base.scheme, _host_port(base)):
         raise PayloadError("deployment_callback_url does not point at the configured GitHub API")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise PayloadError("deployment_callback_url must not carry credentials, query or fragment")
     if not parts.path.startswith(base.path + "/"):
         raise PayloadError("deployment_callback_url does not point at the configured GitHub API")
-    match = _CALLBACK_PATH.match(parts.path[len(base.path) :])
+    match = _CALLBACK_PATH.fullmatch(parts.path[len(base.path) :])
     if match is None:
         raise PayloadError("deployment_callback_url is not a deployment_protection_rule URL")
-    same_repo = (unquote(match["owner"]).lower(), unquote(match["repo"]).lower()) == (
-        owner.lower(),
-        repo.lower(),
-    )
-    if not same_repo:
+    # Owner and repository names are case-insensitive on GitHub; nothing here is decoded first.
+    if (match["owner"].lower(), match["repo"].lower()) != (owner.lower(), repo.lower()):
         raise PayloadError("deployment_callback_url names another repository than the payload")
     run_id = int(match["run_id"])
     if not 0 < run_id <= MAX_ID:
@@ -99,19 +115,24 @@ def _string(data: Mapping[str, Any], key: str, label: str | None = None) -> str:
         raise PayloadError(f"{label or key} must be a non-empty string")
     if len(value) > _MAX_LENGTHS.get(label or key, 1000):
         raise PayloadError(f"{label or key} is longer than GitHub allows")
-    return _without_nul(value, label or key)
+    return _plain_text(value, label or key)
 
 
-def _optional_string(data: object, key: str) -> str:
+def _optional_string(data: object, key: str, label: str | None = None) -> str:
     value = data.get(key) if isinstance(data, Mapping) else None
-    return _without_nul(value, key) if isinstance(value, str) else ""
+    return _plain_text(value, label or key) if isinstance(value, str) else ""
 
 
-def _without_nul(value: str, label: str) -> str:
-    # PostgreSQL text cannot hold NUL; no real GitHub name contains one.
-    if "\x00" in value:
-        raise PayloadError(f"{label} must not contain NUL characters")
+def _plain_text(value: str, label: str) -> str:
+    if (control := _CONTROL.search(value)) is not None:
+        raise PayloadError(f"{label} must not contain control characters (found {_describe(control[0])})")
+    if _SURROGATE.search(value) is not None:
+        raise PayloadError(f"{label} must be valid Unicode text (it holds a lone UTF-16 surrogate)")
     return value
+
+
+def _describe(character: str) -> str:
+    return "NUL" if character == "\x00" else f"U+{ord(character):04X}"
 
 
 def _is_id(value: object) -> TypeGuard[int]:

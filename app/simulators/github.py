@@ -1,18 +1,12 @@
-"""GitHub simulator: App JWT auth, installation tokens, deployment protection rule reviews."""
+"""GitHub simulator: App JWT auth, installation tokens, protection rule reviews, workflow runs, webhook deliveries."""
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import httpx
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
@@ -24,59 +18,55 @@ from app.simulators._server import (
     parse_json_object,
     status_phrase,
 )
-from app.simulators.github_deliveries import DeliveryLog, RecordedDelivery
-from app.simulators.github_webhooks import RepoRef, deployment_json, protection_rule_payload
+from app.simulators.github_auth import AppAuth
+from app.simulators.github_deliveries import (
+    GHES_REDELIVERY_WINDOW,
+    REDELIVERY_WINDOW,
+    DeliveryLog,
+    RecordedDelivery,
+)
+from app.simulators.github_runs import RecordedReview, ReviewLog, RunBook, review_body_problem
+from app.simulators.github_webhooks import (
+    DeliveryShape,
+    HookIdentity,
+    RepoRef,
+    WaitingJob,
+    protection_rule_payload,
+)
 
-GitHubRoute = Literal["token", "review", "deliveries"]
+__all__ = [
+    "DEFAULT_SHA",
+    "DOTCOM_API_VERSIONS",
+    "DOTCOM_DELIVERY_TIMEOUT",
+    "GHES_API_VERSIONS",
+    "GHES_DELIVERY_TIMEOUT",
+    "DeliveryShape",
+    "GitHubRoute",
+    "GitHubSimulator",
+    "RecordedDelivery",
+    "RecordedReview",
+]
+
+GitHubRoute = Literal["token", "review", "deliveries", "run"]
 DEFAULT_SHA = "9fceb02d0ae598e95dc970b74767f19372d61af8"
+DOTCOM_API_VERSIONS = ("2022-11-28", "2026-03-10")
 GHES_API_VERSIONS = ("2022-11-28",)
-_MAX_JWT_LIFETIME = 660  # GitHub's 10 minutes plus the recommended 60 s backdating of iat
-_MAX_COMMENT = 1024
-_MAX_STATUS_REPORTS = 10
+# GitHub gives up on a webhook delivery after 10 s; GHES waits 30 s.
+DOTCOM_DELIVERY_TIMEOUT = 10.0
+GHES_DELIVERY_TIMEOUT = 30.0
 _DOCS = "https://docs.github.com/rest"
-_PERMISSIONS = {"actions": "read", "deployments": "write", "metadata": "read"}
-_Key = tuple[str, str, int, str]
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_VERSIONS_DOCS = "https://docs.github.com/rest/about-the-rest-api/api-versions"
+_ROUTE_OF: dict[str, GitHubRoute] = {
+    "token": "token",
+    "review": "review",
+    "run": "run",
+    "deliveries": "deliveries",
+    "redeliver": "deliveries",
+}
 
 
-@dataclass(frozen=True)
-class RecordedReview:
-    owner: str
-    repo: str
-    run_id: int
-    body: dict[str, Any]
-    raw_body: bytes = field(repr=False)
-    authorization: str = field(repr=False)  # carries an installation token
-    api_version: str | None
-    status: int
-
-
-@dataclass
-class _Pending:
-    installation_id: int
-    status_reports: int = 0
-
-
-@dataclass(frozen=True)
-class _Token:
-    installation_id: int
-    expires_at: datetime
-
-
-def _error(status: int, message: str) -> Response:
-    return json_response(status, {"message": message, "documentation_url": _DOCS})
-
-
-def _key(owner: str, repo: str, run_id: int, environment: str) -> _Key:
-    # Owner and repository names are case-insensitive on GitHub.
-    return (owner.lower(), repo.lower(), run_id, environment)
-
-
-def _load_public_key(pem: str | bytes) -> RSAPublicKey:
-    public = serialization.load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
-    if not isinstance(public, RSAPublicKey):
-        raise ValueError("GitHub App keys are RSA keys")
-    return public
+def _error(status: int, message: str, documentation_url: str = _DOCS) -> Response:
+    return json_response(status, {"message": message, "documentation_url": documentation_url})
 
 
 def _url_map(prefix: str) -> Map:
@@ -89,28 +79,20 @@ def _url_map(prefix: str) -> Map:
                 methods=["POST"],
             ),
             Rule(f"{run}/deployment_protection_rule", endpoint="review", methods=["POST"]),
+            Rule(run, endpoint="run", methods=["GET"]),
             Rule(f"{prefix}/app/hook/deliveries", endpoint="deliveries", methods=["GET"]),
             Rule(f"{prefix}/app/hook/deliveries/<int:delivery_id>/attempts", endpoint="redeliver", methods=["POST"]),
         ]
     )
 
 
-def _review_body_problem(body: dict[str, Any]) -> str | None:
-    environment = body.get("environment_name")
-    if not isinstance(environment, str) or not environment:
-        return "environment_name is required"
-    comment = body.get("comment")
-    if "comment" in body and (not isinstance(comment, str) or len(comment) > _MAX_COMMENT):
-        return f"comment must be a string of at most {_MAX_COMMENT} characters"
-    if "state" in body and body["state"] not in ("approved", "rejected"):
-        return "state must be approved or rejected"
-    if "state" not in body and not comment:
-        return "comment is required for a status report"
-    return None
-
-
 class GitHubSimulator(SimulatorBase):
-    """github.com (or, with path_prefix="/api/v3", GitHub Enterprise Server) on loopback."""
+    """github.com (or, with path_prefix="/api/v3", GitHub Enterprise Server) on loopback.
+
+    Where GitHub's references are silent it behaves like the least forgiving real
+    service: unknown REST API versions are refused (410 on github.com, 400 on GHES),
+    deliveries use the real headers and shapes, and GHES waits 30 s for a webhook answer.
+    """
 
     def __init__(
         self,
@@ -119,19 +101,23 @@ class GitHubSimulator(SimulatorBase):
         public_key_pem: str | bytes,
         path_prefix: str = "",
         api_versions: Collection[str] | None = None,
+        ghes: bool | None = None,
     ) -> None:
         self._app_id = app_id
-        self._public_key = _load_public_key(public_key_pem)
+        self._auth = AppAuth(app_id, public_key_pem)
         self._prefix = path_prefix.rstrip("/")
-        # GHES only knows older REST API versions; github.com accepts whatever is sent.
-        self._api_versions = api_versions or (GHES_API_VERSIONS if self._prefix else None)
+        self._ghes = bool(self._prefix) if ghes is None else ghes
+        self._api_versions = frozenset(api_versions or (GHES_API_VERSIONS if self._ghes else DOTCOM_API_VERSIONS))
         self._lock = threading.Lock()
-        self._faults = FaultPlan(("token", "review", "deliveries"), lambda s: {"message": status_phrase(s)})
-        self._deliveries = DeliveryLog(app_id)
-        self._tokens: dict[str, _Token] = {}
-        self._pending: dict[_Key, _Pending] = {}
-        self._repo_installations: dict[tuple[str, str], int] = {}
-        self._reviews: list[RecordedReview] = []
+        self._faults = FaultPlan(("token", "review", "deliveries", "run"), lambda s: {"message": status_phrase(s)})
+        self.hook_id = 400_000_000 + app_id
+        self._deliveries = DeliveryLog(
+            self._hook_identity,
+            timeout=self.delivery_timeout,
+            window=GHES_REDELIVERY_WINDOW if self._ghes else REDELIVERY_WINDOW,
+        )
+        self._runs = RunBook()
+        self._reviews = ReviewLog()
         self._token_requests: list[int] = []
         self._next_deployment_id = 1_000_001
         super().__init__(_url_map(self._prefix))
@@ -139,6 +125,10 @@ class GitHubSimulator(SimulatorBase):
     @property
     def url(self) -> str:
         return self._server.base_url + self._prefix
+
+    @property
+    def delivery_timeout(self) -> float:
+        return GHES_DELIVERY_TIMEOUT if self._ghes else DOTCOM_DELIVERY_TIMEOUT
 
     def open_deployment(
         self,
@@ -150,34 +140,28 @@ class GitHubSimulator(SimulatorBase):
         installation_id: int = 1,
         repository_id: int = 1000,
         sha: str = DEFAULT_SHA,
-        ref: str = "refs/heads/main",
+        ref: str = "main",
         event: str = "push",
         sender: str = "octocat",
         pull_requests: list[int] | None = None,
+        shape: DeliveryShape = "captured",
         deployment: dict[str, Any] | Literal["default"] | None = "default",
     ) -> dict[str, Any]:
-        """Registers a job waiting on the rule and returns the webhook payload GitHub sends."""
+        """Registers a job waiting on the rule and returns the webhook payload GitHub sends for it.
+
+        `shape` picks one of the payload shapes GitHub sends (see github_webhooks);
+        `deployment` replaces the shape's `deployment` object when given.
+        """
         with self._lock:
             deployment_id = self._next_deployment_id
             self._next_deployment_id += 1
-            self._pending.setdefault(_key(owner, repo, run_id, environment), _Pending(installation_id))
-            self._repo_installations[(owner.lower(), repo.lower())] = installation_id
         web = self._server.base_url if self._prefix else "https://github.com"
         where = RepoRef(self.url, web, owner, repo, repository_id)
-        if deployment == "default":
-            deployment = deployment_json(where, deployment_id, environment, sha, ref, sender)
-        return protection_rule_payload(
-            where,
-            run_id,
-            environment,
-            installation_id,
-            deployment,
-            event=event,
-            sha=sha,
-            ref=ref,
-            sender=sender,
-            pull_requests=pull_requests or [],
+        self._runs.wait(where, run_id, environment, installation_id=installation_id, event=event, sha=sha, ref=ref)
+        job = WaitingJob(
+            run_id, environment, installation_id, deployment_id, event, sha, ref, sender, tuple(pull_requests or ())
         )
+        return protection_rule_payload(where, job, shape, "shaped" if deployment == "default" else deployment)
 
     def deliver(
         self,
@@ -196,16 +180,20 @@ class GitHubSimulator(SimulatorBase):
         """Every delivery attempt so far, oldest first (redeliveries included)."""
         return self._deliveries.attempts
 
+    def finish_run(self, owner: str, repo: str, run_id: int, *, conclusion: str = "success") -> None:
+        """The run completes (e.g. "cancelled", "failure"): nothing of it is pending any more."""
+        self._runs.finish(owner, repo, run_id, conclusion)
+
     def cancel_run(self, owner: str, repo: str, run_id: int) -> None:
-        run = _key(owner, repo, run_id, "")[:3]
-        with self._lock:
-            for key in [key for key in self._pending if key[:3] == run]:
-                del self._pending[key]
+        self.finish_run(owner, repo, run_id, conclusion="cancelled")
+
+    def bypass(self, owner: str, repo: str, run_id: int, environment: str | None = None) -> None:
+        """An admin bypassed the rule (or another rule decided): nothing pending, yet the run goes on."""
+        self._runs.stop_waiting(owner, repo, run_id, environment)
 
     def revoke_tokens(self) -> None:
         """Every installation token issued so far answers 401, as after its hour ran out."""
-        with self._lock:
-            self._tokens.clear()
+        self._auth.revoke_tokens()
 
     def fail_next(
         self,
@@ -222,8 +210,7 @@ class GitHubSimulator(SimulatorBase):
 
     @property
     def reviews(self) -> list[RecordedReview]:
-        with self._lock:
-            return list(self._reviews)
+        return self._reviews.all()
 
     @property
     def token_requests(self) -> list[int]:
@@ -234,106 +221,79 @@ class GitHubSimulator(SimulatorBase):
         self, *, owner: str | None = None, repo: str | None = None, run_id: int | None = None
     ) -> list[RecordedReview]:
         """Accepted reviews that approved or rejected."""
-        return [r for r in self._accepted(owner, repo, run_id) if "state" in r.body]
+        return [r for r in self._reviews.accepted(owner, repo, run_id) if "state" in r.body]
 
     def status_reports(
         self, *, owner: str | None = None, repo: str | None = None, run_id: int | None = None
     ) -> list[RecordedReview]:
         """Accepted review calls without `state`."""
-        return [r for r in self._accepted(owner, repo, run_id) if "state" not in r.body]
+        return [r for r in self._reviews.accepted(owner, repo, run_id) if "state" not in r.body]
 
     def is_pending(self, owner: str, repo: str, run_id: int, environment: str) -> bool:
-        with self._lock:
-            return _key(owner, repo, run_id, environment) in self._pending
+        return self._runs.is_waiting(owner, repo, run_id, environment)
 
-    def _accepted(self, owner: str | None, repo: str | None, run_id: int | None) -> list[RecordedReview]:
-        return [
-            r
-            for r in self.reviews
-            if r.status == 204
-            and (owner is None or r.owner.lower() == owner.lower())
-            and (repo is None or r.repo.lower() == repo.lower())
-            and (run_id is None or r.run_id == run_id)
-        ]
+    def _hook_identity(self) -> HookIdentity:
+        host = f"127.0.0.1:{self._server.port}" if self._ghes else None
+        return HookIdentity(self._app_id, self.hook_id, enterprise_host=host)
 
     def _not_found(self) -> Response:
         return _error(404, "Not Found")
 
     def _handle(self, endpoint: str, request: Request, args: Mapping[str, Any]) -> Response:
         if endpoint == "token":
+            with self._lock:
+                self._token_requests.append(int(args["installation_id"]))
+        refusal = self._faults.intercept(_ROUTE_OF[endpoint]) or self._unsupported_version(request)
+        if endpoint == "review":
+            return self._review(request, str(args["owner"]), str(args["repo"]), int(args["run_id"]), refusal)
+        if refusal is not None:
+            return refusal
+        if endpoint == "token":
             return self._issue_token(request, int(args["installation_id"]))
-        if endpoint in ("deliveries", "redeliver"):
-            return self._app_hook(endpoint, request, args)
-        return self._review(request, str(args["owner"]), str(args["repo"]), int(args["run_id"]))
+        if endpoint == "run":
+            return self._get_run(request, str(args["owner"]), str(args["repo"]), int(args["run_id"]))
+        return self._app_hook(endpoint, request, args)
+
+    def _unsupported_version(self, request: Request) -> Response | None:
+        """Missing means the default version; one this host does not know is refused on every route."""
+        version = request.headers.get("X-GitHub-Api-Version")
+        if version is None or version in self._api_versions:
+            return None
+        supported = ", ".join(f'"{v}"' for v in sorted(self._api_versions))
+        message = (
+            f'The X-GitHub-Api-Version header "{version}" is not a supported version. Supported versions: {supported}.'
+        )
+        # github.com answers a sunset or unknown version with 410 Gone; GHES with 400.
+        return _error(400 if self._ghes else 410, message, _VERSIONS_DOCS)
 
     def _app_hook(self, endpoint: str, request: Request, args: Mapping[str, Any]) -> Response:
-        failure = self._faults.intercept("deliveries") or self._unsupported_version(request)
-        if failure is not None:
-            return failure
-        if not self._jwt_is_valid(request.headers.get("Authorization", "")):
+        if not self._auth.jwt_is_valid(request.headers.get("Authorization", "")):
             return _error(401, "A JSON web token could not be decoded")
         if endpoint == "deliveries":
             return self._deliveries.list_page(request, self.url)
         return self._deliveries.redeliver(int(args["delivery_id"]))
 
-    def _unsupported_version(self, request: Request) -> Response | None:
-        version = request.headers.get("X-GitHub-Api-Version")
-        if version is None or self._api_versions is None or version in self._api_versions:
-            return None
-        return _error(
-            400,
-            f"Unsupported 'X-GitHub-Api-Version' header: {version}. "
-            f"Supported versions: {', '.join(self._api_versions)}",
-        )
-
     def _issue_token(self, request: Request, installation_id: int) -> Response:
-        with self._lock:
-            self._token_requests.append(installation_id)
-        failure = self._faults.intercept("token") or self._unsupported_version(request)
-        if failure is not None:
-            return failure
-        if not self._jwt_is_valid(request.headers.get("Authorization", "")):
+        if not self._auth.jwt_is_valid(request.headers.get("Authorization", "")):
             return _error(401, "A JSON web token could not be decoded")
-        # Real token strings have no fixed length; clients must not assume one.
-        token = "ghs_" + secrets.token_urlsafe(27 + secrets.randbelow(19))
-        expires_at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
-        with self._lock:
-            self._tokens[token] = _Token(installation_id, expires_at)
-        return json_response(
-            201,
-            {
-                "token": token,
-                "expires_at": expires_at.strftime(_TIME_FORMAT),
-                "permissions": dict(_PERMISSIONS),
-                "repository_selection": "all",
-            },
-        )
+        return json_response(201, self._auth.issue_token(installation_id))
 
-    def _jwt_is_valid(self, authorization: str) -> bool:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return False
-        try:
-            claims = jwt.decode(
-                token.strip(),
-                self._public_key,
-                algorithms=["RS256"],
-                options={"require": ["iat", "exp", "iss"]},
-            )
-        except jwt.PyJWTError:
-            return False
-        # iss may be sent as a number or a string; GitHub accepts both.
-        return str(claims["iss"]) == str(self._app_id) and claims["exp"] - claims["iat"] <= _MAX_JWT_LIFETIME
+    def _get_run(self, request: Request, owner: str, repo: str, run_id: int) -> Response:
+        installation_id = self._auth.installation_for(request.headers.get("Authorization", ""))
+        if installation_id is None:
+            return _error(401, "Bad credentials")
+        run = self._runs.run_json(owner, repo, run_id)
+        if run is None or not self._can_see(installation_id, owner, repo):
+            return _error(404, "Not Found")
+        return json_response(200, run)
 
-    def _review(self, request: Request, owner: str, repo: str, run_id: int) -> Response:
+    def _review(self, request: Request, owner: str, repo: str, run_id: int, refusal: Response | None) -> Response:
         raw = request.get_data()
         authorization = request.headers.get("Authorization", "")
-        response = self._faults.intercept("review") or self._unsupported_version(request)
         body = parse_json_object(raw)
-        with self._lock:
-            if response is None:
-                response = self._answer_review(authorization, owner, repo, run_id, body)
-            self._reviews.append(
+        with self._lock:  # the record's order is the order the reviews took effect
+            response = refusal or self._answer_review(authorization, owner, repo, run_id, body)
+            self._reviews.add(
                 RecordedReview(
                     owner=owner,
                     repo=repo,
@@ -355,37 +315,18 @@ class GitHubSimulator(SimulatorBase):
         run_id: int,
         body: dict[str, Any] | None,
     ) -> Response:
-        """Applies one review call; the caller holds the lock."""
-        installation_id = self._installation_for(authorization)
+        installation_id = self._auth.installation_for(authorization)
         if installation_id is None:
             return _error(401, "Bad credentials")
         if body is None:
             return _error(400, "Problems parsing JSON")
-        if (problem := _review_body_problem(body)) is not None:
+        if (problem := review_body_problem(body)) is not None:
             return _error(422, problem)
-        owning = self._repo_installations.get((owner.lower(), repo.lower()), installation_id)
-        if owning != installation_id:
-            return _error(404, "Not Found")  # the token's installation cannot see this repo
-        key = _key(owner, repo, run_id, body["environment_name"])
-        return self._apply_review(key, body)
+        if not self._can_see(installation_id, owner, repo):
+            return _error(404, "Not Found")
+        refused = self._runs.review(owner, repo, run_id, body)
+        return empty_response(204) if refused is None else _error(422, refused)
 
-    def _apply_review(self, key: _Key, body: dict[str, Any]) -> Response:
-        pending = self._pending.get(key)
-        if pending is None:
-            return _error(422, "No pending deployment requests to approve or reject")
-        if "state" in body:
-            del self._pending[key]
-        elif pending.status_reports >= _MAX_STATUS_REPORTS:
-            return _error(422, "Maximum number of status reports reached for this deployment")
-        else:
-            pending.status_reports += 1
-        return empty_response(204)
-
-    def _installation_for(self, authorization: str) -> int | None:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() not in ("token", "bearer"):
-            return None
-        issued = self._tokens.get(token.strip())
-        if issued is None or issued.expires_at <= datetime.now(UTC):
-            return None
-        return issued.installation_id
+    def _can_see(self, installation_id: int, owner: str, repo: str) -> bool:
+        owning = self._runs.installation_of(owner, repo)
+        return owning is None or owning == installation_id

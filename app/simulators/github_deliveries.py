@@ -8,7 +8,6 @@ with the same `X-GitHub-Delivery` GUID are sent again, in the background).
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import uuid
 from collections.abc import Callable
@@ -20,10 +19,11 @@ import httpx
 from werkzeug.wrappers import Request, Response
 
 from app.simulators._server import json_response
-from app.simulators.github_webhooks import compact_json, deliver_webhook
+from app.simulators.github_webhooks import HookIdentity, compact_json, deliver_webhook, delivery_action
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 REDELIVERY_WINDOW = timedelta(days=3)
+GHES_REDELIVERY_WINDOW = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,17 @@ class RecordedDelivery:
 
 
 class DeliveryLog:
-    def __init__(self, app_id: int, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self._app_id = app_id
+    def __init__(
+        self,
+        identity: Callable[[], HookIdentity],
+        *,
+        timeout: float,
+        window: timedelta = REDELIVERY_WINDOW,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._identity = identity
+        self._timeout = timeout
+        self._window = window
         self._clock = clock
         self._lock = threading.Lock()
         self._attempts: list[RecordedDelivery] = []
@@ -89,8 +98,8 @@ class DeliveryLog:
         attempt = next((a for a in self.attempts if a.id == delivery_id), None)
         if attempt is None:
             return json_response(404, {"message": "Not Found"})
-        if attempt.delivered_at < self._clock() - REDELIVERY_WINDOW:
-            return json_response(422, {"message": "Redelivery is only possible for the last 3 days"})
+        if attempt.delivered_at < self._clock() - self._window:
+            return json_response(422, {"message": f"Redelivery is only possible for the last {self._window.days} days"})
         threading.Thread(target=self._resend, args=(attempt,), daemon=True).start()
         return json_response(202, {})
 
@@ -102,7 +111,9 @@ class DeliveryLog:
 
     def _attempt(self, url: str, raw: bytes, *, secret: str, event: str, guid: str, redelivery: bool) -> httpx.Response:
         try:
-            response = deliver_webhook(url, raw, secret=secret, event=event, delivery_id=guid, app_id=self._app_id)
+            response = deliver_webhook(
+                url, raw, secret=secret, event=event, guid=guid, identity=self._identity(), timeout=self._timeout
+            )
         except httpx.HTTPError:
             self._record(url, raw, secret, event, guid, redelivery, 0)
             raise
@@ -115,16 +126,16 @@ class DeliveryLog:
         with self._lock:
             self._attempts.append(
                 RecordedDelivery(
-                    self._next_id, guid, event, _action(raw), status_code, self._clock(), redelivery, url, raw, secret
+                    self._next_id,
+                    guid,
+                    event,
+                    delivery_action(raw),
+                    status_code,
+                    self._clock(),
+                    redelivery,
+                    url,
+                    raw,
+                    secret,
                 )
             )
             self._next_id += 1
-
-
-def _action(raw: bytes) -> str | None:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None
-    action = body.get("action") if isinstance(body, dict) else None
-    return action if isinstance(action, str) else None

@@ -1,18 +1,35 @@
-"""Webhook payloads and deliveries as GitHub sends them (for the GitHub simulator)."""
+"""Webhook payloads and deliveries as GitHub sends them (for the GitHub simulator).
+
+`deployment_protection_rule` deliveries come in more than one shape, and the
+receiver must read them all (docs/architecture.md, "GitHub facts"):
+
+* "captured" (what real deliveries were seen to carry): top-level `ref` as a short
+  branch name ("main", not "refs/heads/main") and `sha`, and a `deployment` holding
+  only `id` and `environment`;
+* "minimal": the same with `deployment: null`;
+* "schema" (octokit/webhooks' published schema): no top-level `ref`/`sha`; they live
+  in a full `deployment` object.
+"""
 
 from __future__ import annotations
 
+import hmac
 import json
-import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
 from app.http.signature import sign
 
+DeliveryShape = Literal["captured", "schema", "minimal"]
+DELIVERY_SHAPES: tuple[DeliveryShape, ...] = ("captured", "schema", "minimal")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# Real deliveries name a build of GitHub's webhook service after the slash.
+_USER_AGENT = "GitHub-Hookshot/5f2c1e9"
+_GHES_VERSION = "3.14.0"
 
 
 @dataclass(frozen=True)
@@ -28,51 +45,119 @@ class RepoRef:
         return f"{self.api_url}/repos/{self.owner}/{self.repo}"
 
 
+@dataclass(frozen=True)
+class WaitingJob:
+    """One job of a workflow run waiting on the rule, as the delivery describes it."""
+
+    run_id: int
+    environment: str
+    installation_id: int
+    deployment_id: int
+    event: str
+    sha: str
+    ref: str
+    sender: str
+    pull_requests: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class HookIdentity:
+    """Who sends the deliveries: the App's webhook, and on GHES the instance's host."""
+
+    app_id: int
+    hook_id: int
+    enterprise_host: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "User-Agent": _USER_AGENT,
+            "X-GitHub-Hook-ID": str(self.hook_id),
+            "X-GitHub-Hook-Installation-Target-Type": "integration",
+            "X-GitHub-Hook-Installation-Target-ID": str(self.app_id),
+        }
+        if self.enterprise_host is not None:
+            headers |= {"X-GitHub-Enterprise-Host": self.enterprise_host, "X-GitHub-Enterprise-Version": _GHES_VERSION}
+        return headers
+
+
 def protection_rule_payload(
     where: RepoRef,
-    run_id: int,
-    environment: str,
-    installation_id: int,
-    deployment: dict[str, Any] | None,
-    *,
-    event: str,
-    sha: str,
-    ref: str,
-    sender: str,
-    pull_requests: list[int],
+    job: WaitingJob,
+    shape: DeliveryShape,
+    deployment: dict[str, Any] | Literal["shaped"] | None = "shaped",
 ) -> dict[str, Any]:
-    """A realistic `deployment_protection_rule` / `requested` payload."""
+    """A `deployment_protection_rule` / `requested` payload in `shape`; `deployment` overrides the shape's."""
+    if shape not in DELIVERY_SHAPES:
+        raise ValueError(f"unknown delivery shape {shape!r}; expected one of {DELIVERY_SHAPES}")
+    top_level_ref = {} if shape == "schema" else {"ref": job.ref, "sha": job.sha}
     return {
         "action": "requested",
-        "environment": environment,
-        "event": event,
-        "sha": sha,
-        "ref": ref,
-        "deployment_callback_url": f"{where.repo_api}/actions/runs/{run_id}/deployment_protection_rule",
-        "deployment": deployment,
-        "pull_requests": [_pull_request_json(where.repo_api, n, sha) for n in pull_requests],
+        "environment": job.environment,
+        "event": job.event,
+        **top_level_ref,
+        "deployment_callback_url": f"{where.repo_api}/actions/runs/{job.run_id}/deployment_protection_rule",
+        "deployment": _shaped_deployment(where, job, shape) if deployment == "shaped" else deployment,
+        "pull_requests": [_pull_request_json(where.repo_api, n, job.sha) for n in job.pull_requests],
         "repository": _repository_json(where),
-        "installation": {"id": installation_id, "node_id": f"MDIz{installation_id}"},
-        "sender": {"login": sender, "id": 583231, "type": "User"},
+        "installation": {"id": job.installation_id, "node_id": f"MDIz{job.installation_id}"},
+        "sender": _user_json(job.sender, 583231),
     }
 
 
 def deliver_webhook(
-    webhook_url: str, payload: dict[str, Any] | bytes, *, secret: str, event: str, delivery_id: str | None, app_id: int
+    webhook_url: str,
+    raw: bytes,
+    *,
+    secret: str,
+    event: str,
+    guid: str,
+    identity: HookIdentity,
+    timeout: float,
 ) -> httpx.Response:
-    """POSTs `payload` with the headers and signature GitHub sends; bytes go out as-is."""
-    raw = payload if isinstance(payload, bytes) else compact_json(payload)
+    """POSTs `raw` as-is with the headers GitHub sends; GitHub gives up after `timeout` seconds."""
     headers = {
+        **identity.headers(),
         "Content-Type": "application/json",
-        "User-Agent": "GitHub-Hookshot/sim",
         "X-GitHub-Event": event,
-        "X-GitHub-Delivery": delivery_id or str(uuid.uuid4()),
-        "X-GitHub-Hook-Installation-Target-Type": "integration",
-        "X-GitHub-Hook-Installation-Target-ID": str(app_id),
+        "X-GitHub-Delivery": guid,
+        # GitHub still sends the legacy SHA-1 signature next to SHA-256: receivers must ignore it.
+        "X-Hub-Signature": "sha1=" + hmac.new(secret.encode(), raw, "sha1").hexdigest(),
         "X-Hub-Signature-256": sign(secret, raw),
     }
-    # GitHub gives up on a delivery after 10 s.
-    return httpx.post(webhook_url, content=raw, headers=headers, timeout=10.0)
+    return httpx.post(webhook_url, content=raw, headers=headers, timeout=timeout)
+
+
+def _shaped_deployment(where: RepoRef, job: WaitingJob, shape: DeliveryShape) -> dict[str, Any] | None:
+    if shape == "minimal":
+        return None
+    if shape == "captured":
+        return {"id": job.deployment_id, "environment": job.environment}
+    return deployment_json(where, job)
+
+
+def deployment_json(where: RepoRef, job: WaitingJob) -> dict[str, Any]:
+    """A deployment with every field octokit/webhooks' schema requires."""
+    now = datetime.now(UTC).strftime(_TIME_FORMAT)
+    url = f"{where.repo_api}/deployments/{job.deployment_id}"
+    return {
+        "url": url,
+        "id": job.deployment_id,
+        "node_id": f"DE_sim{job.deployment_id}",
+        "sha": job.sha,
+        "ref": job.ref.removeprefix("refs/heads/"),
+        "task": "deploy",
+        "payload": {},
+        "original_environment": job.environment,
+        "environment": job.environment,
+        "transient_environment": False,
+        "production_environment": False,
+        "description": None,
+        "creator": _user_json(job.sender, 583231),
+        "created_at": now,
+        "updated_at": now,
+        "statuses_url": f"{url}/statuses",
+        "repository_url": where.repo_api,
+    }
 
 
 def _repository_json(where: RepoRef) -> dict[str, Any]:
@@ -83,38 +168,15 @@ def _repository_json(where: RepoRef) -> dict[str, Any]:
         "name": repo,
         "full_name": f"{owner}/{repo}",
         "private": False,
-        "owner": {"login": owner, "id": 9000 + repository_id, "type": "Organization"},
+        "owner": _user_json(owner, 9000 + repository_id, kind="Organization"),
         "html_url": f"{where.web_url}/{owner}/{repo}",
         "url": where.repo_api,
         "default_branch": "main",
     }
 
 
-def deployment_json(
-    where: RepoRef, deployment_id: int, environment: str, sha: str, ref: str, sender: str
-) -> dict[str, Any]:
-    repo_api = where.repo_api
-    now = datetime.now(UTC).strftime(_TIME_FORMAT)
-    url = f"{repo_api}/deployments/{deployment_id}"
-    return {
-        "url": url,
-        "id": deployment_id,
-        "node_id": f"DE_sim{deployment_id}",
-        "task": "deploy",
-        "environment": environment,
-        "original_environment": environment,
-        "sha": sha,
-        "ref": ref.removeprefix("refs/heads/"),
-        "payload": {},
-        "description": None,
-        "creator": {"login": sender, "type": "User"},
-        "created_at": now,
-        "updated_at": now,
-        "statuses_url": f"{url}/statuses",
-        "repository_url": repo_api,
-        "transient_environment": False,
-        "production_environment": False,
-    }
+def _user_json(login: str, user_id: int, kind: str = "User") -> dict[str, Any]:
+    return {"login": login, "id": user_id, "node_id": f"U_sim{user_id}", "type": kind, "site_admin": False}
 
 
 def _pull_request_json(repo_api: str, number: int, sha: str) -> dict[str, Any]:
@@ -127,6 +189,18 @@ def _pull_request_json(repo_api: str, number: int, sha: str) -> dict[str, Any]:
     }
 
 
-def compact_json(payload: dict[str, Any]) -> bytes:
+def compact_json(payload: Mapping[str, Any]) -> bytes:
     # Not Python's default separators: receivers must verify the raw bytes, not a re-dump.
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate can only travel as a "\ud800" escape
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def delivery_action(raw: bytes) -> str | None:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    action = body.get("action") if isinstance(body, dict) else None
+    return action if isinstance(action, str) else None
