@@ -18,7 +18,7 @@ from app.settings import Settings, SettingsError
 from app.store.engine import make_engine, migrate
 from app.store.gates import GateStore
 from app.worker.loop import Worker
-from app.worker.steps import Services
+from app.worker.services import Services
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Runtime:
 
     def close(self) -> None:
         self.services.stacksona.close()
+        self.services.github.close()
         self.engine.dispose()
 
 

@@ -28,8 +28,10 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 # GitHub fails a waiting job after 30 days: our "timed out" answer must come first.
 MAX_GATE_DEADLINE_SECONDS = 29 * 86400.0
-# A lease should outlast one call with its timeouts (connect 5 s + read 10 s, and a token mint).
-SAFE_WORKER_LEASE_SECONDS = 30.0
+# Leases are renewed by a heartbeat every third of a lease while a step runs;
+# a dead worker's gates are taken over once its lease runs out.
+DEFAULT_WORKER_LEASE_SECONDS = 15.0
+MIN_WORKER_LEASE_SECONDS = 3.0
 
 
 class SettingsError(ValueError):
@@ -60,9 +62,7 @@ class Settings:
     gate_deadline_seconds: float = 7 * 86400.0
     poll_max_interval_seconds: float = 300.0
     worker_concurrency: int = 4
-    # Longer than the worst step (three calls with 10 s timeouts plus a token
-    # mint), so a live worker never loses its lease mid-step.
-    worker_lease_seconds: float = 120.0
+    worker_lease_seconds: float = DEFAULT_WORKER_LEASE_SECONDS
     max_webhook_bytes: int = 1024 * 1024
     log_level: str = "INFO"
     web_concurrency: int = 2
@@ -122,7 +122,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         gate_deadline_seconds=_duration(env, "GATE_DEADLINE", 7 * 86400.0, maximum=MAX_GATE_DEADLINE_SECONDS),
         poll_max_interval_seconds=_duration(env, "STACKSONA_POLL_MAX_INTERVAL", 300.0),
         worker_concurrency=_positive_int(env, "WORKER_CONCURRENCY", 4),
-        worker_lease_seconds=_duration(env, "WORKER_LEASE", 120.0),
+        worker_lease_seconds=_worker_lease(env),
         max_webhook_bytes=_positive_int(env, "MAX_WEBHOOK_BYTES", 1024 * 1024),
         log_level=_log_level(env),
         web_concurrency=_positive_int(env, "WEB_CONCURRENCY", 2),
@@ -228,6 +228,14 @@ def _decision_url_template(env: Mapping[str, str]) -> str | None:
         raise SettingsError(name, "may only use the placeholders {thread_id} and {task_id}") from None
     _url({name: raw.replace("{", "").replace("}", "")}, name, None)
     return raw
+
+
+def _worker_lease(env: Mapping[str, str]) -> float:
+    seconds = _duration(env, "WORKER_LEASE", DEFAULT_WORKER_LEASE_SECONDS)
+    if seconds < MIN_WORKER_LEASE_SECONDS:
+        # The heartbeat renews every third of a lease: shorter would race one database round trip.
+        raise SettingsError("WORKER_LEASE", f"must be at least {MIN_WORKER_LEASE_SECONDS:g}s (got {seconds:g}s)")
+    return seconds
 
 
 def _log_level(env: Mapping[str, str]) -> str:

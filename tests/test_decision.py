@@ -9,11 +9,9 @@ from app.core.decision import (
     AwaitReview,
     Reject,
     Retry,
-    ReviewResult,
     StacksonaAnswer,
     StacksonaFailure,
     ValidateToken,
-    classify_review_response,
     classify_status,
     decide,
     decide_after_validation,
@@ -121,29 +119,6 @@ def test_failures_retry_only_when_transient(failure: StacksonaFailure, expected:
 def test_auth_failures_say_why(code: int, words: str) -> None:
     outcome = decide_on_failure(StacksonaFailure("http", code))
     assert isinstance(outcome, Reject) and words in outcome.reason
-
-
-REVIEW_CASES = [
-    (204, ReviewResult.DONE),
-    (200, ReviewResult.DONE),
-    (422, ReviewResult.SUPERSEDED),
-    (404, ReviewResult.SUPERSEDED),
-    (409, ReviewResult.SUPERSEDED),
-    (410, ReviewResult.SUPERSEDED),
-    (None, ReviewResult.RETRY),
-    (500, ReviewResult.RETRY),
-    (502, ReviewResult.RETRY),
-    (429, ReviewResult.RETRY),
-    (401, ReviewResult.RETRY),
-    (403, ReviewResult.RETRY),
-    (400, ReviewResult.FAILED),
-    (415, ReviewResult.FAILED),
-]
-
-
-@pytest.mark.parametrize(("code", "expected"), REVIEW_CASES)
-def test_review_response_classification(code: int | None, expected: ReviewResult) -> None:
-    assert classify_review_response(code) is expected
 
 
 def test_no_path_approves_without_allow_or_approved() -> None:

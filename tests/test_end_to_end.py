@@ -75,6 +75,29 @@ def test_pending_then_rejected(world: World) -> None:
     assert world.gate(gate_id).state == "rejected"
 
 
+def test_a_run_cancelled_while_its_gate_awaits_review_closes_the_gate_and_tells_the_reviewer(world: World) -> None:
+    gate_id = world.deploy("production", run_id=61)
+    world.settle()
+    assert world.gate(gate_id).state == "awaiting_review"
+    world.github.cancel_run(OWNER, REPO, 61)
+    world.later(world.settings.poll_max_interval_seconds)  # the next fallback poll checks the run first
+    gate = world.gate(gate_id)
+    assert gate.state == "superseded" and "cancelled" in world.history(gate_id)[-1].reason
+    assert world.github.final_reviews(run_id=61) == []
+    [(_task, event)] = world.stacksona.events
+    assert event["event_type"] == "github_deployment_superseded"
+    assert "no longer waits" in event["event_summary"]
+    assert world.stacksona.pending_threads()  # nobody decided: the reviewer is told to stop instead
+
+
+def test_a_run_still_waiting_keeps_its_gate_open(world: World) -> None:
+    gate_id = world.deploy("production", run_id=62)
+    world.settle()
+    world.later(world.settings.poll_max_interval_seconds)
+    assert world.gate(gate_id).state == "awaiting_review"
+    assert world.stacksona.events == []
+
+
 def test_unknown_status_rejects_with_the_reason(world: World) -> None:
     world.stacksona.script("sandbox", "escalated")
     world.deploy("sandbox")
@@ -363,10 +386,12 @@ def test_one_failing_gate_never_stops_the_worker(world: World, monkeypatch: pyte
     assert world.worker.run_once() == 1  # the failure is logged, not raised
     monkeypatch.undo()
     world.later(world.settings.worker_lease_seconds + 1)  # the lease expires; the gate reruns
-    # The rerun asks again with the same task id: Stacksona replays its answer.
+    # The rerun looks the task up (its create may have reached Stacksona) and adopts the thread.
     assert world.final_states() == ["approved"]
-    assert world.store.list_gates()[0].state == "approved"
-    assert len(world.stacksona.requests) == 1 and world.stacksona.replays == 1
+    [gate] = world.store.list_gates()
+    assert gate.state == "approved"
+    assert len(world.stacksona.requests) == 1 and world.stacksona.replays == 0
+    assert world.stacksona.lookups == [gate.task_id]
 
 
 def test_a_job_joining_while_the_review_is_sent_is_answered_too(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

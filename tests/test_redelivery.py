@@ -11,7 +11,7 @@ from app.core.redelivery import (
     DeliveryAttempt,
     choose_redeliveries,
     is_retryable,
-    oldest_of,
+    needs_older_page,
     parse_attempt,
 )
 
@@ -140,6 +140,28 @@ def test_odd_fields_are_read_safely() -> None:
     assert (parsed.status_code, parsed.action, parsed.redelivery) == (0, None, False)
 
 
-def test_oldest_of_a_page() -> None:
-    assert oldest_of([ROW, ROW | {"delivered_at": "2023-11-13T22:13:20Z"}, "junk"]) == 1_700_000_000.0 - DAY
-    assert oldest_of(["junk"]) is None
+CUTOFF = 1_700_000_000.0  # ROW's delivered_at
+
+
+def row_at(delivered_at: str) -> dict[str, object]:
+    return ROW | {"delivered_at": delivered_at}
+
+
+@pytest.mark.parametrize(
+    ("page", "older_page"),
+    [
+        pytest.param([], False, id="empty-page"),
+        pytest.param(["junk", None, {"id": 1}], False, id="no-readable-row"),
+        pytest.param([row_at("2023-11-15T00:00:00Z")], True, id="all-newer-than-cutoff"),
+        pytest.param([ROW], True, id="oldest-exactly-at-cutoff"),
+        pytest.param([row_at("2023-11-15T00:00:00Z"), row_at("2023-11-14T22:13:19Z")], False, id="reaches-past"),
+        pytest.param([row_at("2023-11-13T22:13:20Z"), "junk"], False, id="only-older"),
+        pytest.param(["junk", row_at("2023-11-15T00:00:00Z")], True, id="junk-ignored"),
+        # 00:00+02:00 is 22:00Z, before the cutoff's 22:13:20Z.
+        pytest.param(
+            [row_at("2023-11-16T00:00:00Z"), row_at("2023-11-15T00:00:00+02:00")], False, id="offset-reaches-past"
+        ),
+    ],
+)
+def test_needs_older_page(page: list[object], older_page: bool) -> None:
+    assert needs_older_page(page, CUTOFF) is older_page

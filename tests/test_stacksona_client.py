@@ -5,7 +5,6 @@ Every test scripts the exact requests it expects; any other request fails the te
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from app.clients.stacksona import StacksonaCallFailed, StacksonaClient, is_explicitly_valid, parse_answer
 from app.core.decision import StacksonaAnswer
 from app.core.secret import Secret
+from tests.support.http_mock import body_of, raise_, respond
 
 BASE = "https://gate-1.stacksona.cloud"
 API_KEY = "sg_live_k3y_that_must_never_leak_0123456789"
@@ -62,22 +62,6 @@ def client(gate: FakeGate) -> Iterator[StacksonaClient]:
     c = StacksonaClient(BASE + "/", Secret(API_KEY), transport=httpx.MockTransport(gate))
     yield c
     c.close()
-
-
-def body_of(request: httpx.Request) -> Any:
-    return json.loads(request.content)
-
-
-def respond(*args: Any, **kwargs: Any) -> Callable[[httpx.Request], httpx.Response]:
-    """A fresh response per request (parametrized cases must not share Response objects)."""
-    return lambda _request: httpx.Response(*args, **kwargs)
-
-
-def raise_(exc_type: type[httpx.TransportError]) -> Callable[[httpx.Request], httpx.Response]:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exc_type("simulated", request=request)
-
-    return handler
 
 
 REQUEST_BODY: dict[str, Any] = {
@@ -336,6 +320,53 @@ def test_get_decision_without_a_decision_is_malformed(gate: FakeGate, client: St
         client.get_decision(thread_id=None, task_id="task-1")
 
     assert info.value.failure.kind == "malformed"
+
+
+# --- find_task (the lookup before creating again) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param({"status": "pending_review", "thread_id": "th_2", "task_id": "a/b c"}, id="object"),
+        pytest.param(
+            {"decisions": [{"status": "pending_review", "thread_id": "th_2"}, {"status": "rejected", "id": "th_1"}]},
+            id="decisions-newest-first",
+        ),
+    ],
+)
+def test_find_task_asks_by_task_id_and_reads_the_newest(
+    gate: FakeGate, client: StacksonaClient, payload: object
+) -> None:
+    gate.expect("GET", f"{BASE}/api/agent/decisions?task_id=a%2Fb+c", httpx.Response(200, json=payload))
+
+    answer = client.find_task("a/b c")
+
+    (sent,) = gate.requests
+    assert sent.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert answer == StacksonaAnswer("pending_review", "th_2", "a/b c", "")
+
+
+@pytest.mark.parametrize(
+    ("outcome", "kind", "status_code"),
+    [
+        pytest.param(respond(404, json={"error": "not found"}), "http", 404, id="404"),
+        pytest.param(respond(200, json=[]), "empty", None, id="empty-list"),
+        pytest.param(respond(200, json={"decisions": []}), "empty", None, id="empty-decisions"),
+        pytest.param(respond(200, json=[{"status": "allow", "task_id": "other"}]), "malformed", None, id="other"),
+        pytest.param(raise_(httpx.ReadTimeout), "timeout", None, id="timeout"),
+        pytest.param(respond(503), "http", 503, id="503"),
+    ],
+)
+def test_find_task_leaves_the_meaning_of_nothing_found_to_the_core(
+    gate: FakeGate, client: StacksonaClient, outcome: Outcome, kind: str, status_code: int | None
+) -> None:
+    gate.expect("GET", f"{BASE}/api/agent/decisions?task_id=task-1", outcome)
+
+    with pytest.raises(StacksonaCallFailed) as info:
+        client.find_task("task-1")
+
+    assert (info.value.failure.kind, info.value.failure.status_code) == (kind, status_code)
 
 
 # --- validate_approval ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, update
 
-from app.core.gate import AcceptOutcome, Change, DeploymentRequest, Gate, HistoryEntry
+from app.core.gate import AcceptOutcome, Change, DeploymentRequest, Gate, GateState, HistoryEntry
 from app.store.gates import GateStore
 from app.store.schema import gates
 
@@ -89,7 +89,7 @@ def claim_gate(store: GateStore, gate_id: int, owner: str = "w1") -> Gate:
 
 def close_gate(store: GateStore, gate_id: int, state: str = "approved") -> None:
     gate = claim_gate(store, gate_id)
-    assert store.apply(gate, Change(state, "decided", {"verdict": "approve"}))
+    assert store.apply(gate, Change(state, "decided", {"verdict": GateState.APPROVED}))
 
 
 def run_concurrently(count: int, target: Callable[[int], Any]) -> list[Any]:
@@ -173,7 +173,7 @@ def test_other_delivery_for_same_run_joins_open_gate(store: GateStore, engine: E
 def test_joins_an_awaiting_gate_without_changing_it(store: GateStore, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     gate = claim_one(store)
-    assert store.apply(gate, Change("awaiting_review", "asked", {"next_attempt_at": clock.now + 300}))
+    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now + 300}))
 
     joined_id, outcome = accept(store, "d-2")
 
@@ -254,7 +254,7 @@ def test_task_ids_are_unique_and_stable(store: GateStore, clock: FakeClock) -> N
     # Claiming, applying, waking and re-reading never change a gate's task id.
     for gate in store.claim_due("w1", limit=10, lease_seconds=LEASE):
         assert gate.task_id == tasks[gate.id]
-        assert store.apply(gate, Change("awaiting_review", "asked", {"next_attempt_at": clock.now + 60}))
+        assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now + 60}))
     for gate_id, task in tasks.items():
         assert store.wake(thread_id=None, task_id=task).id == gate_id  # type: ignore[union-attr]
         assert store.get(gate_id).task_id == task  # type: ignore[union-attr]
@@ -296,7 +296,7 @@ def test_a_delivery_racing_the_final_apply_never_joins_the_closed_gate(
     store: GateStore, engine: Engine, clock: FakeClock
 ) -> None:
     gate_id, _ = accept(store, "d-1")
-    assert store.apply(claim_one(store), Change("reporting", "verdict approved"))
+    assert store.apply(claim_one(store), Change(GateState.REPORTING, "verdict approved"))
     results: list[tuple[int, AcceptOutcome]] = []
     racer = threading.Thread(target=lambda: results.append(accept(store, "d-2")))
     with engine.begin() as conn:  # the worker's apply of the final review, not yet committed
@@ -318,7 +318,7 @@ def test_a_delivery_racing_the_final_apply_never_joins_the_closed_gate(
 def test_claim_due_returns_only_due_open_gates(store: GateStore, clock: FakeClock) -> None:
     later_id, _ = accept(store, "d-later", run_id=2)
     later = claim_gate(store, later_id)
-    assert store.apply(later, Change("awaiting_review", "asked", {"next_attempt_at": clock.now + 100}))
+    assert store.apply(later, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now + 100}))
     closed_id, _ = accept(store, "d-closed", run_id=3)
     close_gate(store, closed_id)
     due_id, _ = accept(store, "d-due", run_id=1)
@@ -342,7 +342,7 @@ def test_claim_due_returns_only_due_open_gates(store: GateStore, clock: FakeCloc
 def test_gate_is_due_exactly_at_next_attempt_at(store: GateStore, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     gate = claim_one(store)
-    assert store.apply(gate, Change("awaiting_review", "asked", {"next_attempt_at": clock.now + 100}))
+    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now + 100}))
 
     clock.advance(99.5)
     assert store.claim_due("w1", limit=10, lease_seconds=LEASE) == []
@@ -399,7 +399,7 @@ def test_apply_succeeds_once_for_the_lease_holder(store: GateStore, engine: Engi
     change = Change(
         "awaiting_review", "review requested", {"thread_id": "th-1", "attempts": 1, "next_attempt_at": clock.now + 30}
     )
-    assert store.apply(gate, change) is True
+    assert store.apply(gate, change) is not None
 
     after = store.get(gate_id)
     assert after is not None
@@ -416,7 +416,7 @@ def test_apply_succeeds_once_for_the_lease_holder(store: GateStore, engine: Engi
     assert last == HistoryEntry(clock.now, "new", "awaiting_review", "review requested")
 
     # The same Gate object again: its lease is gone, nothing changes.
-    assert store.apply(gate, Change("approved", "again")) is False
+    assert store.apply(gate, Change(GateState.APPROVED, "again")) is None
     assert store.get(gate_id) == after
     assert len(store.history(gate_id)) == 2
 
@@ -426,7 +426,7 @@ def test_apply_without_next_attempt_makes_gate_due_now(store: GateStore, clock: 
     gate = claim_one(store)
     clock.advance(10)
 
-    assert store.apply(gate, Change("reporting", "report the verdict"))
+    assert store.apply(gate, Change(GateState.REPORTING, "report the verdict"))
 
     assert store.get(gate_id).next_attempt_at == clock.now  # type: ignore[union-attr]
     assert [g.id for g in store.claim_due("w2", limit=10, lease_seconds=LEASE)] == [gate_id]
@@ -441,15 +441,17 @@ def test_stale_gate_after_reclaim_cannot_apply(store: GateStore, clock: FakeCloc
     before = store.get(gate_id)
     history_before = store.history(gate_id)
 
-    assert store.apply(stale, Change("approved", "late verdict", {"verdict": "approve"})) is False
+    assert store.apply(stale, Change(GateState.APPROVED, "late verdict", {"verdict": GateState.APPROVED})) is None
 
     assert store.get(gate_id) == before
     assert store.history(gate_id) == history_before
     # The current holder is unaffected.
-    assert store.apply(current, Change("rejected", "current verdict", {"verdict": "reject"})) is True
+    assert (
+        store.apply(current, Change(GateState.REJECTED, "current verdict", {"verdict": GateState.REJECTED})) is not None
+    )
     assert store.get(gate_id).state == "rejected"  # type: ignore[union-attr]
     # Even after the current holder finished, the stale object stays refused.
-    assert store.apply(stale, Change("approved", "late verdict")) is False
+    assert store.apply(stale, Change(GateState.APPROVED, "late verdict")) is None
     assert store.get(gate_id).state == "rejected"  # type: ignore[union-attr]
 
 
@@ -459,9 +461,9 @@ def test_stale_generation_with_same_owner_name_cannot_apply(store: GateStore, cl
     clock.advance(LEASE + 1)
     current = claim_one(store, "w1")  # the same replica name after a restart
 
-    assert store.apply(stale, Change("approved", "late")) is False
+    assert store.apply(stale, Change(GateState.APPROVED, "late")) is None
     assert store.get(gate_id).state == "new"  # type: ignore[union-attr]
-    assert store.apply(current, Change("approved", "now")) is True
+    assert store.apply(current, Change(GateState.APPROVED, "now")) is not None
 
 
 def test_mark_needs_the_live_lease_of_this_claim(store: GateStore, engine: Engine, clock: FakeClock) -> None:
@@ -487,23 +489,23 @@ def test_mark_needs_the_live_lease_of_this_claim(store: GateStore, engine: Engin
 def test_unrecorded_unchanged_state_writes_no_history(store: GateStore, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     gate = claim_one(store)
-    assert store.apply(gate, Change("awaiting_review", "asked", {"next_attempt_at": clock.now}))
+    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now}))
     clock.advance(1)
     gate = claim_one(store)
     history_before = store.history(gate_id)
 
-    assert store.apply(gate, Change("awaiting_review", "still pending", {"polls": 1}, record=False))
+    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "still pending", {"polls": 1}, record=False))
 
     assert store.history(gate_id) == history_before
     assert store.get(gate_id).polls == 1  # type: ignore[union-attr]
 
     # record=True (a retry worth explaining) records even an unchanged state ...
     gate = claim_one(store)
-    assert store.apply(gate, Change("awaiting_review", "retrying after 503", {"attempts": 2}))
+    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "retrying after 503", {"attempts": 2}))
     assert store.history(gate_id)[-1].reason == "retrying after 503"
     # ... and record=False never hides a real transition.
     gate = claim_one(store)
-    assert store.apply(gate, Change("approved", "approved by reviewer", record=False))
+    assert store.apply(gate, Change(GateState.APPROVED, "approved by reviewer", record=False))
     last = store.history(gate_id)[-1]
     assert (last.from_state, last.to_state, last.reason) == ("awaiting_review", "approved", "approved by reviewer")
 
@@ -513,13 +515,15 @@ def test_final_state_closes_the_gate(store: GateStore, engine: Engine, clock: Fa
     gate = claim_one(store)
     clock.advance(3)
 
-    assert store.apply(gate, Change("approved", "allow", {"verdict": "approve", "verdict_reason": "policy"}))
+    assert store.apply(
+        gate, Change(GateState.APPROVED, "allow", {"verdict": GateState.APPROVED, "verdict_reason": "policy"})
+    )
 
     closed = store.get(gate_id)
     assert closed is not None
     assert closed.state == "approved"
     assert closed.closed_at == clock.now
-    assert closed.verdict == "approve"
+    assert closed.verdict is GateState.APPROVED
     assert closed.verdict_reason == "policy"
     assert column(engine, gate_id, "open_key") is None
     # A closed gate is never claimed again, however late it gets.
@@ -531,7 +535,7 @@ def test_open_state_keeps_open_key_and_no_closed_at(store: GateStore, engine: En
     gate_id, _ = accept(store, "d-1")
     gate = claim_one(store)
 
-    assert store.apply(gate, Change("reporting", "verdict reached"))
+    assert store.apply(gate, Change(GateState.REPORTING, "verdict reached"))
 
     assert column(engine, gate_id, "open_key") == "1000:7:production"
     assert store.get(gate_id).closed_at is None  # type: ignore[union-attr]
@@ -546,7 +550,7 @@ def _awaiting_gate(
     gate_id, _ = accept(store, f"d-{thread_id}", run_id=run_id)
     gate = claim_gate(store, gate_id)
     assert store.apply(
-        gate, Change("awaiting_review", "asked", {"thread_id": thread_id, "next_attempt_at": clock.now + wait})
+        gate, Change(GateState.AWAITING_REVIEW, "asked", {"thread_id": thread_id, "next_attempt_at": clock.now + wait})
     )
     return gate_id
 
@@ -588,7 +592,7 @@ def test_wake_while_leased_keeps_gate_due(store: GateStore, engine: Engine, cloc
     assert store.claim_due("w2", limit=10, lease_seconds=LEASE) == []  # still leased
     clock.advance(1)
     # The poll's answer was stale ("still pending") and asks for the fallback schedule.
-    assert store.apply(gate, Change("awaiting_review", "still pending", {"next_attempt_at": clock.now + 300}))
+    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "still pending", {"next_attempt_at": clock.now + 300}))
 
     after = store.get(gate_id)
     assert after is not None
@@ -600,7 +604,7 @@ def test_without_wake_apply_keeps_the_fallback_schedule(store: GateStore, clock:
     gate_id = _awaiting_gate(store, clock, wait=0)
     gate = claim_one(store, "w1")
 
-    assert store.apply(gate, Change("awaiting_review", "still pending", {"next_attempt_at": clock.now + 300}))
+    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "still pending", {"next_attempt_at": clock.now + 300}))
 
     assert store.get(gate_id).next_attempt_at == clock.now + 300  # type: ignore[union-attr]
 
@@ -617,7 +621,7 @@ def test_wake_unknown_thread_returns_none(store: GateStore, clock: FakeClock) ->
 def test_wake_closed_gate_is_returned_but_not_reopened(store: GateStore, engine: Engine, clock: FakeClock) -> None:
     gate_id = _awaiting_gate(store, clock, wait=0)
     gate = claim_one(store)
-    assert store.apply(gate, Change("approved", "approved"))
+    assert store.apply(gate, Change(GateState.APPROVED, "approved"))
     closed = store.get(gate_id)
     clock.advance(100)
 
@@ -659,13 +663,13 @@ def test_history_is_in_order(store: GateStore, clock: FakeClock) -> None:
     accept(store, "d-2")
     clock.advance(1)
     gate = claim_one(store)
-    assert store.apply(gate, Change("awaiting_review", "asked", {"next_attempt_at": clock.now}))
+    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now}))
     clock.advance(1)
     gate = claim_one(store)
-    assert store.apply(gate, Change("reporting", "approved by alice"))
+    assert store.apply(gate, Change(GateState.REPORTING, "approved by alice"))
     clock.advance(1)
     gate = claim_one(store)
-    assert store.apply(gate, Change("approved", "review posted"))
+    assert store.apply(gate, Change(GateState.APPROVED, "review posted"))
 
     history = store.history(gate_id)
 

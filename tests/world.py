@@ -27,7 +27,7 @@ from app.simulators.stacksona import StacksonaSimulator
 from app.store.engine import make_engine, migrate
 from app.store.gates import GateStore
 from app.worker.loop import Worker
-from app.worker.steps import Services
+from app.worker.services import Services
 
 OWNER, REPO = "acme", "shop"
 APP_ID = 4242
@@ -145,6 +145,7 @@ def running_world(
                 yield World(github, stacksona, store, worker, settings, clock, server.base_url, services)
         finally:
             services.stacksona.close()
+            services.github.close()
             if own_engine:
                 db_engine.dispose()
 

@@ -1,36 +1,48 @@
-"""Posting reviews and status reports to GitHub through githubkit.
+"""GitHub's REST API through githubkit: one `GitHub` and one connection pool per host.
 
-githubkit pitfalls handled here (DESIGN §2): no default timeout and in-call
-retry sleeps (we set a timeout, turn retries off and retry durably in the
-worker); a process-wide token cache whose key ignores the host (one cache per
-client); the REST API version GHES may not know (sent explicitly); and
-positional-argument order (keywords only).
+githubkit pitfalls handled here (docs/architecture.md, "GitHub facts"): no default
+timeout and in-call retry sleeps (we set a timeout, turn retries off and retry
+durably in the worker); a process-wide token cache whose key ignores the host (one
+cache per client); the REST API version GHES may not know (sent explicitly); a
+typed call that may drop `state` (the body is sent as one `data` mapping and a test
+asserts the exact JSON); and an `httpx.Client` opened and closed around every call
+(one transport shared by all calls keeps the connections and the TLS setup).
 """
 
 from __future__ import annotations
 
-import re
-import threading
-import time
+import urllib.request
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 from githubkit import AppAuthStrategy, AppInstallationAuthStrategy, GitHub
 from githubkit.cache import MemCacheStrategy
 from githubkit.exception import GitHubException, RequestFailed, RequestTimeout
 
-from app.core.backoff import parse_retry_after
-from app.core.redelivery import oldest_of
+from app.clients.github_answers import (
+    RunStatus,
+    answer_from_refusal,
+    answer_from_success,
+    json_or_none,
+    next_cursor,
+    read_run_status,
+)
+from app.core.redelivery import DELIVERIES_PER_PAGE, MAX_DELIVERY_PAGES, needs_older_page
+from app.core.review import GitHubAnswer
 from app.core.secret import Secret
 
+if TYPE_CHECKING:
+    from githubkit_schemas.latest.types import ReviewCustomGatesCommentRequiredType, ReviewCustomGatesStateRequiredType
+
+    ReviewBody = ReviewCustomGatesCommentRequiredType | ReviewCustomGatesStateRequiredType
+
+__all__ = ["GitHubAnswer", "GitHubCallFailed", "GitHubClient", "ReviewState", "RunStatus", "RunTarget"]
+
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
-# 100 rows a page: enough for days of deliveries of a busy App.
-MAX_DELIVERY_PAGES = 20
-_NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="next"')
+USER_AGENT = "stacksona-gate"
 ReviewState = Literal["approved", "rejected"]
-AuthT = TypeVar("AuthT", AppAuthStrategy, AppInstallationAuthStrategy)
 
 
 @dataclass(frozen=True)
@@ -44,21 +56,13 @@ class RunTarget:
     installation_id: int
 
 
-@dataclass(frozen=True)
-class GitHubAnswer:
-    """What GitHub said; `status_code` None means no HTTP answer at all."""
-
-    status_code: int | None
-    retry_after: float | None = None
-    detail: str = ""
-    token_failure: bool = False
-
-
 class GitHubCallFailed(Exception):
     """A call made with the App JWT failed; the message says how (never a token)."""
 
 
 class GitHubClient:
+    """One GitHub host: the App's own calls (JWT) and every installation's, over one pool of connections."""
+
     def __init__(
         self,
         *,
@@ -71,54 +75,102 @@ class GitHubClient:
     ) -> None:
         self._api_url = api_url
         self._app_id = app_id
-        self._private_key = private_key
         # Sent on every call: GHES may only know an older REST API version than githubkit's default.
         self._version_header = {"X-GitHub-Api-Version": api_version}
-        self._transport = transport
         self._timeout = timeout
-        self._cache_lock = threading.Lock()
-        self._token_cache = MemCacheStrategy()
+        self._pool = _PooledTransport(transport or _transport_for(api_url))
+        self._github = self._new_github(AppAuthStrategy(app_id=app_id, private_key=private_key.reveal()))
 
     def __repr__(self) -> str:
         return f"GitHubClient(api_url={self._api_url!r}, app_id={self._app_id})"
 
+    def close(self) -> None:
+        """Close the pooled connections (at shutdown)."""
+        self._pool.shutdown()
+
+    def forget_tokens(self) -> None:
+        """Drop cached installation tokens and the App JWT (after a 401: the token was revoked)."""
+        self._github = self._new_github(self._github.auth)
+
     def review(self, target: RunTarget, state: ReviewState, comment: str) -> GitHubAnswer:
         """Approve or reject every pending deployment of the run in that environment."""
-        return self._post(target, comment, state)
+        return self._post_review(target, {"environment_name": target.environment, "state": state, "comment": comment})
 
     def status_report(self, target: RunTarget, comment: str) -> GitHubAnswer:
         """The same endpoint without `state` only adds a status line."""
-        return self._post(target, comment, None)
+        return self._post_review(target, {"environment_name": target.environment, "comment": comment})
+
+    def get_run_status(self, target: RunTarget) -> RunStatus:
+        """`GET /repos/{owner}/{repo}/actions/runs/{run_id}` with the installation token (`actions: read`)."""
+        github = self._installation(target.installation_id)  # `rest` only weakly references it: keep it alive
+        try:
+            response = github.rest.actions.get_workflow_run(
+                owner=target.owner,
+                repo=target.repo,
+                run_id=target.run_id,
+                exclude_pull_requests=True,
+                headers=self._version_header,
+            )
+        except GitHubException as exc:
+            return RunStatus(self._answer_from(exc))
+        answer = answer_from_success(response.raw_response)
+        if not response.raw_response.is_success:
+            return RunStatus(answer)
+        # Raw JSON, not githubkit's model: a strict model would reject drifting real runs.
+        return read_run_status(answer, json_or_none(response.raw_response))
 
     def list_app_deliveries(self, *, newer_than: float) -> list[object]:
         """Raw rows of `GET /app/hook/deliveries`, newest first, paging back to `newer_than`."""
-        github = self._app_client()
+        github = self._github
         rows: list[object] = []
         cursor: str | None = None
         for _ in range(MAX_DELIVERY_PAGES):
             page, cursor = self._delivery_page(github, cursor)
             rows.extend(page)
-            oldest = oldest_of(page)
-            if cursor is None or oldest is None or oldest < newer_than:
+            if cursor is None or not needs_older_page(page, newer_than):
                 break
         return rows
 
     def redeliver(self, delivery_id: int) -> GitHubAnswer:
         """Ask GitHub to send a delivery again (202: queued), with the App JWT."""
-        github = self._app_client()
-        headers = self._version_header
+        github = self._github
         try:
-            response = github.rest.apps.redeliver_webhook_delivery(delivery_id, headers=headers)
+            response = github.rest.apps.redeliver_webhook_delivery(delivery_id, headers=self._version_header)
         except GitHubException as exc:
             return self._answer_from(exc)
-        return _answer_from_success(response.raw_response)
+        return answer_from_success(response.raw_response)
 
-    def _app_client(self) -> GitHub[AppAuthStrategy]:
-        """Authenticated as the App itself (JWT), for the App's own webhook deliveries."""
-        return self._client(AppAuthStrategy(app_id=self._app_id, private_key=self._private_key.reveal()))
+    def _new_github(self, auth: AppAuthStrategy) -> GitHub[AppAuthStrategy]:
+        # A fresh token cache per host: githubkit's default one is process-wide and keyed without the host.
+        return GitHub(
+            auth,
+            base_url=self._api_url + "/",
+            timeout=self._timeout,
+            transport=self._pool,
+            cache_strategy=MemCacheStrategy(),
+            http_cache=False,
+            auto_retry=False,
+            follow_redirects=False,
+            user_agent=USER_AGENT,
+        )
+
+    def _installation(self, installation_id: int) -> GitHub[AppInstallationAuthStrategy]:
+        # with_auth copies the config: same transport (pool) and same token cache.
+        github = self._github
+        return github.with_auth(github.auth.as_installation(installation_id))
+
+    def _post_review(self, target: RunTarget, body: ReviewBody) -> GitHubAnswer:
+        github = self._installation(target.installation_id)  # `rest` only weakly references it: keep it alive
+        try:
+            response = github.rest.actions.review_custom_gates_for_run(
+                owner=target.owner, repo=target.repo, run_id=target.run_id, headers=self._version_header, data=body
+            )
+        except GitHubException as exc:
+            return self._answer_from(exc)
+        return answer_from_success(response.raw_response)
 
     def _delivery_page(self, github: GitHub[AppAuthStrategy], cursor: str | None) -> tuple[list[object], str | None]:
-        paging: dict[str, Any] = {"per_page": 100} | ({"cursor": cursor} if cursor else {})
+        paging: dict[str, Any] = {"per_page": DELIVERIES_PER_PAGE} | ({"cursor": cursor} if cursor else {})
         try:
             response = github.rest.apps.list_webhook_deliveries(headers=self._version_header, **paging)
             # Raw JSON, not githubkit's models: they reject some real rows.
@@ -129,41 +181,7 @@ class GitHubClient:
             raise GitHubCallFailed("GitHub listed deliveries in a body that is not JSON") from None
         if not isinstance(page, list):
             raise GitHubCallFailed("GitHub listed deliveries in an unexpected shape")
-        return page, _next_cursor(response.headers.get("Link", ""))
-
-    def forget_tokens(self) -> None:
-        """Drop cached installation tokens (after a 401: the token was revoked)."""
-        with self._cache_lock:
-            self._token_cache = MemCacheStrategy()
-
-    def _post(self, target: RunTarget, comment: str, state: ReviewState | None) -> GitHubAnswer:
-        # githubkit's `rest` namespace only weakly references its client: keep it alive.
-        github = self._installation_client(target.installation_id)
-        actions = github.rest.actions
-        headers = self._version_header
-        try:
-            if state is None:
-                response = actions.review_custom_gates_for_run(
-                    owner=target.owner,
-                    repo=target.repo,
-                    run_id=target.run_id,
-                    headers=headers,
-                    environment_name=target.environment,
-                    comment=comment,
-                )
-            else:
-                response = actions.review_custom_gates_for_run(
-                    owner=target.owner,
-                    repo=target.repo,
-                    run_id=target.run_id,
-                    headers=headers,
-                    environment_name=target.environment,
-                    state=state,
-                    comment=comment,
-                )
-        except GitHubException as exc:
-            return self._answer_from(exc)
-        return _answer_from_success(response.raw_response)
+        return page, next_cursor(response.headers.get("Link", ""))
 
     def _answer_from(self, exc: GitHubException) -> GitHubAnswer:
         # A failed token mint surfaces as a RequestError wrapping the RequestFailed.
@@ -172,55 +190,46 @@ class GitHubClient:
             exc = inner
         if isinstance(exc, RequestFailed):
             response = exc.response.raw_response
-            token_failure = response.request.url.path.endswith("/access_tokens")
             if response.status_code == 401:
                 self.forget_tokens()
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
-            detail = f"HTTP {response.status_code} from {response.request.url.path}"
-            return GitHubAnswer(response.status_code, retry_after, detail, token_failure)
+            return answer_from_refusal(response)
         kind = "timeout" if isinstance(exc, RequestTimeout) else type(exc).__name__
         return GitHubAnswer(None, None, f"GitHub {kind}")
 
-    def _installation_client(self, installation_id: int) -> GitHub[AppInstallationAuthStrategy]:
-        with self._cache_lock:
-            cache = self._token_cache
-        auth = AppInstallationAuthStrategy(
-            app_id=self._app_id,
-            private_key=self._private_key.reveal(),
-            installation_id=installation_id,
-        )
-        return self._client(auth, cache)
 
-    def _client(self, auth: AuthT, cache: MemCacheStrategy | None = None) -> GitHub[AuthT]:
-        return GitHub(
-            auth,
-            base_url=self._api_url + "/",
-            timeout=self._timeout,
-            transport=self._transport,
-            cache_strategy=cache or MemCacheStrategy(),
-            http_cache=False,
-            auto_retry=False,
-            follow_redirects=False,
-            user_agent="stacksona-gate",
-        )
+class _PooledTransport(httpx.BaseTransport):
+    """The host's connection pool, outliving the `httpx.Client` githubkit opens and closes around each call.
 
+    githubkit keeps a client open only inside `with github:`, a context that is per
+    thread and per `GitHub` object; every other call builds a client and closes it,
+    and closing a client closes its transport. So `close()` is ignored here and the
+    pool (thread-safe in httpcore) lives until `GitHubClient.close()`.
+    """
 
-def _next_cursor(link_header: str) -> str | None:
-    """Only the cursor is taken from GitHub's Link header; the request goes to our own base URL."""
-    match = _NEXT_LINK.search(link_header)
-    if match is None:
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self._inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
         return None
-    cursors = parse_qs(urlsplit(match.group(1)).query).get("cursor")
-    return cursors[0] if cursors else None
+
+    def shutdown(self) -> None:
+        self._inner.close()
 
 
-def _answer_from_success(response: httpx.Response) -> GitHubAnswer:
-    # githubkit raises only for 4xx/5xx. A redirect (GitHub answers 307 for a
-    # renamed or transferred repository) is not followed, so it answered nothing.
-    if response.is_success:
-        return GitHubAnswer(response.status_code)
-    location = response.headers.get("Location", "")[:200]
-    detail = f"HTTP {response.status_code} from {response.request.url.path}"
-    if response.is_redirect:
-        detail += f" redirecting to {location} (repository renamed or transferred?)"
-    return GitHubAnswer(response.status_code, None, detail)
+def _transport_for(api_url: str) -> httpx.HTTPTransport:
+    return httpx.HTTPTransport(proxy=proxy_for(api_url))
+
+
+def proxy_for(api_url: str) -> str | None:
+    """The environment's proxy for the API (HTTPS_PROXY, ALL_PROXY, NO_PROXY).
+
+    httpx reads these itself only when it builds its own transport; ours is shared, so read them here.
+    """
+    parts = urlsplit(api_url)
+    if urllib.request.proxy_bypass(parts.netloc):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")

@@ -54,8 +54,8 @@ class StacksonaClient:
         return f"StacksonaClient({str(self._http.base_url)!r})"
 
     def create_request(self, task_id: str, body: Mapping[str, Any]) -> StacksonaAnswer:
-        # The Idempotency-Key makes a retried create (after a crash between
-        # "sent" and "stored") return the same decision instead of a new one.
+        # Idempotency is not documented: the key helps only if Stacksona honours it.
+        # A create that may have arrived is looked up first (app.core.decision.how_to_ask).
         path = f"/api/agent/tasks/{quote(task_id, safe='')}/requests"
         data = self._call("POST", path, json=dict(body), headers={"Idempotency-Key": task_id})
         return parse_answer(data, task_id=task_id)
@@ -66,6 +66,14 @@ class StacksonaClient:
         if latest is None:
             raise StacksonaCallFailed(StacksonaFailure("empty", detail="no decision listed yet"))
         return parse_answer(latest, task_id=task_id, thread_id=thread_id)
+
+    def find_task(self, task_id: str) -> StacksonaAnswer:
+        """The decision Stacksona lists for this task, to adopt after a create whose answer was lost.
+
+        Finding nothing raises like any failure (HTTP 404, or kind "empty" for an
+        empty list); `app.core.decision.after_lookup` says what that means.
+        """
+        return self.get_decision(thread_id=None, task_id=task_id)
 
     def validate_approval(self, task_id: str, token: Secret) -> bool:
         """True only on an explicit valid answer about this task; never validate tokens locally."""

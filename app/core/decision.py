@@ -145,27 +145,53 @@ def decide_on_failure(failure: StacksonaFailure) -> FailureOutcome:
     return Reject(f"Stacksona refused the request (HTTP {code})")
 
 
-class ReviewResult(StrEnum):
-    DONE = "done"
-    SUPERSEDED = "superseded"
-    RETRY = "retry"
-    FAILED = "failed"
+# Creating a request: Stacksona does not document it as idempotent, so a create that may
+# already have arrived is never sent again before the task is looked up.
+
+# A create whose answer never came may still be running at Stacksona (our client waits 10 s
+# for an answer; a proxy in between may hold a request for about a minute). The task is
+# looked up only after this long, so a create still in flight is not mistaken for "not found".
+CREATE_SETTLE_SECONDS = 60.0
 
 
-# GitHub answers these when nothing is pending any more for the run and
-# environment: the run was cancelled, an admin bypassed the rule, or it was
-# already decided (possibly by our own earlier attempt that lost its answer).
-_NOTHING_PENDING = frozenset({404, 409, 410, 422})
+@dataclass(frozen=True)
+class SendCreate:
+    """Send the create: no earlier one went out, or Stacksona clearly has no such task."""
 
 
-def classify_review_response(status_code: int | None) -> ReviewResult:
-    """What a GitHub review/status call answer means; None is a transport failure."""
-    if status_code is None or status_code >= 500 or status_code in (401, 403, 408, 429):
-        # 401: a revoked token (a fresh one is minted); 403: secondary rate limit
-        # or a permission an admin may still grant.
-        return ReviewResult.RETRY
-    if 200 <= status_code < 300:
-        return ReviewResult.DONE
-    if status_code in _NOTHING_PENDING:
-        return ReviewResult.SUPERSEDED
-    return ReviewResult.FAILED
+@dataclass(frozen=True)
+class LookUpTask:
+    """An earlier create may have reached Stacksona: find the task before creating again."""
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Stacksona has a decision for this task already: carry on with its thread and status."""
+
+    answer: StacksonaAnswer
+
+
+LookupOutcome = Adopt | SendCreate | Retry | Reject
+
+
+def how_to_ask(request_sent_at: float | None) -> SendCreate | LookUpTask:
+    """`request_sent_at` is the mark written before every create (crash, timeout or error after it)."""
+    return SendCreate() if request_sent_at is None else LookUpTask()
+
+
+def after_lookup(found: StacksonaAnswer | StacksonaFailure) -> LookupOutcome:
+    """What the task lookup means: only a clear "not found" (404, empty list) allows another create."""
+    if isinstance(found, StacksonaAnswer):
+        return Adopt(found)
+    if found.kind == "empty" or (found.kind == "http" and found.status_code == 404):
+        return SendCreate()
+    return decide_on_failure(found)
+
+
+def decide_on_create_failure(failure: StacksonaFailure) -> FailureOutcome:
+    """Like any failure; a create whose answer was lost is looked up once it has surely finished."""
+    outcome = decide_on_failure(failure)
+    if isinstance(outcome, Retry) and failure.kind in ("timeout", "network"):
+        wait = max(outcome.retry_after or 0.0, CREATE_SETTLE_SECONDS)
+        return Retry(f"{outcome.reason}; the request may have arrived, so the task is looked up first", wait)
+    return outcome

@@ -1,7 +1,7 @@
 """What we ask Stacksona for one gate (pure).
 
 Stacksona gate rules match on payload keys and `tool_name` must be a tool
-registered in the Gate, so keys stay flat and stable (DESIGN §5.2).
+registered in the Gate, so keys stay flat and stable (docs/architecture.md, Stacksona facts).
 """
 
 from __future__ import annotations

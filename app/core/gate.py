@@ -7,8 +7,23 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-OPEN_STATES = ("new", "awaiting_review", "reporting")
-FINAL_STATES = ("approved", "rejected", "superseded", "failed")
+
+class GateState(StrEnum):
+    """Where a gate is; see docs/architecture.md for the transitions."""
+
+    NEW = "new"  # stored, Stacksona not asked yet
+    AWAITING_REVIEW = "awaiting_review"  # a human reviewer must decide
+    REPORTING = "reporting"  # verdict known, the review is being sent to GitHub
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"  # GitHub had nothing pending any more
+    FAILED = "failed"  # GitHub refused the review for a reason retrying cannot fix
+
+
+OPEN_STATES = (GateState.NEW, GateState.AWAITING_REVIEW, GateState.REPORTING)
+FINAL_STATES = (GateState.APPROVED, GateState.REJECTED, GateState.SUPERSEDED, GateState.FAILED)
+# What a gate's verdict (and so its final review) can be.
+VERDICTS = (GateState.APPROVED, GateState.REJECTED)
 
 
 @dataclass(frozen=True)
@@ -43,7 +58,7 @@ class AcceptOutcome(StrEnum):
 class Gate:
     id: int
     task_id: str
-    state: str
+    state: GateState
     repository_id: int
     owner: str
     repo: str
@@ -57,7 +72,7 @@ class Gate:
     pull_requests: tuple[int, ...]
     deployment_id: int | None
     thread_id: str | None
-    verdict: str | None
+    verdict: GateState | None
     verdict_reason: str | None
     reviewer_message: str | None
     status_reported: bool
@@ -74,6 +89,7 @@ class Gate:
     answered_at: float | None = None
     review_sent_at: float | None = None
     token_checked: str | None = None
+    request_sent_at: float | None = None
 
     @property
     def full_name(self) -> str:
@@ -83,8 +99,8 @@ class Gate:
 @dataclass(frozen=True)
 class HistoryEntry:
     at: float
-    from_state: str | None
-    to_state: str
+    from_state: GateState | None
+    to_state: GateState
     reason: str
 
 
@@ -92,8 +108,10 @@ class HistoryEntry:
 class Change:
     """The result of one worker step: new state, reason, and other columns."""
 
-    state: str
+    state: GateState
     reason: str
     values: Mapping[str, Any] = field(default_factory=dict)
     # Unchanged state is recorded only when it explains something (a retry).
     record: bool = True
+    # An operator must act (a configuration fault): logged at ERROR every time.
+    alert: str | None = None

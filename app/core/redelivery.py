@@ -18,6 +18,9 @@ from datetime import datetime
 EVENT = "deployment_protection_rule"
 # Asking again for a delivery that keeps failing would only add load.
 MAX_REDELIVERIES = 3
+# GitHub lists 100 deliveries a page: 20 pages cover days of a busy App's deliveries.
+DELIVERIES_PER_PAGE = 100
+MAX_DELIVERY_PAGES = 20
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,16 @@ def is_retryable(status_code: int) -> bool:
     return status_code == 0 or status_code in (408, 429) or status_code >= 500
 
 
-def oldest_of(items: Sequence[object]) -> float | None:
-    """The oldest delivery time on a page, to know when to stop paging back."""
+def needs_older_page(page: Sequence[object], newer_than: float) -> bool:
+    """Whether a page of `GET /app/hook/deliveries` (newest first) may have older rows still inside the window.
+
+    A page without one readable row says nothing about what lies beyond it: stop there.
+    """
+    oldest = _oldest_of(page)
+    return oldest is not None and oldest >= newer_than
+
+
+def _oldest_of(items: Sequence[object]) -> float | None:
     times = [a.delivered_at for a in (parse_attempt(item) for item in items) if a is not None]
     return min(times) if times else None
 

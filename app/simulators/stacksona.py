@@ -1,13 +1,18 @@
-"""Stacksona simulator: the Gate Agent API plus a scriptable human reviewer."""
+"""Stacksona simulator: the Gate Agent API plus a scriptable human reviewer.
+
+Creating a request is idempotent here by default (the task id or the
+Idempotency-Key replays the first answer). Stacksona does not document that, so
+`idempotent_creates = False` behaves like the least forgiving real service: every
+create opens a new thread, and a lookup by task lists all of the task's threads.
+"""
 
 from __future__ import annotations
 
 import hmac
 import secrets
 import threading
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -22,92 +27,25 @@ from app.simulators._server import (
     parse_json_object,
     status_phrase,
 )
+from app.simulators.stacksona_threads import (
+    FINAL_STATUSES,
+    RecordedRequest,
+    Thread,
+    callback_notice,
+    now_text,
+    request_problem,
+    thread_view,
+)
 
 StacksonaRoute = Literal["create", "poll", "validate", "events"]
-RISK_LEVELS = ("low", "medium", "high", "critical")
-_FINAL = frozenset({"allow", "reject", "approved", "rejected"})
-_REQUIRED_TEXT = ("workflow_name", "task_label", "subject", "tool_name")
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    task_id: str
-    idempotency_key: str | None
-    body: dict[str, Any]
-    thread_id: str
-
-
-@dataclass
-class _Thread:
-    thread_id: str
-    task_id: str
-    workflow_name: str
-    task_label: str
-    status: str
-    message: str
-    decided_at: str | None = None
-    approval_token: str | None = field(default=None, repr=False)
-    token_spent: bool = False
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+# What happens to the answer of a create that took effect: held back, or replaced by an error status.
+LostAnswer = Literal["stall"] | int
+# Bounded so a test that forgets `release_stalled_creates` cannot wedge a server thread.
+_MAX_STALL_SECONDS = 60.0
 
 
 def _error(status: int, message: str) -> Response:
     return json_response(status, {"error": message})
-
-
-def _is_nested(value: object) -> bool:
-    # Gate rules match on flat payload keys; lists of scalars (PR numbers) are fine.
-    if isinstance(value, list):
-        return any(isinstance(item, dict | list) for item in value)
-    return isinstance(value, dict)
-
-
-def _request_problem(body: dict[str, Any] | None) -> str | None:
-    if body is None:
-        return "body must be a JSON object"
-    for name in _REQUIRED_TEXT:
-        if not isinstance(body.get(name), str) or not body[name].strip():
-            return f"{name} is required"
-    if body.get("risk_level") not in RISK_LEVELS:
-        return f"risk_level must be one of {', '.join(RISK_LEVELS)}"
-    summary = body.get("summary", [])
-    if not isinstance(summary, list) or not all(isinstance(s, str) for s in summary):
-        return "summary must be a list of strings"
-    payload = body.get("payload")
-    if not isinstance(payload, dict):
-        return "payload must be an object"
-    nested = sorted(key for key, value in payload.items() if _is_nested(value))
-    return f"payload must be flat; nested values under {', '.join(nested)}" if nested else None
-
-
-def _view(thread: _Thread) -> dict[str, Any]:
-    """What create replays and polls answer about a thread."""
-    view: dict[str, Any] = {
-        "status": thread.status,
-        "thread_id": thread.thread_id,
-        "task_id": thread.task_id,
-        "message": thread.message,
-    }
-    if thread.decided_at is not None:
-        view["decided_at"] = thread.decided_at
-    if thread.status == "approved" and thread.approval_token is not None:
-        view["approval_token"] = thread.approval_token
-    return view
-
-
-def _callback_notice(thread: _Thread) -> dict[str, Any]:
-    return {
-        "thread_id": thread.thread_id,
-        "task_id": thread.task_id,
-        "decision": thread.status,
-        "message": thread.message,
-        "tenant_id": "tenant_sim",
-        "workflow_name": thread.workflow_name,
-        "task_label": thread.task_label,
-    }
 
 
 def _url_map() -> Map:
@@ -130,18 +68,31 @@ def _with_token(url: str, token: str | None) -> str:
 class StacksonaSimulator(SimulatorBase):
     """A Stacksona Gate on loopback whose reviewer decisions the caller scripts."""
 
-    def __init__(self, *, api_key: str, callback_url: str | None = None, signed_tokens: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        callback_url: str | None = None,
+        signed_tokens: bool = True,
+        idempotent_creates: bool = True,
+    ) -> None:
         self.callback_url = callback_url
         self.paused = False
+        # False: every create opens a new thread, Idempotency-Key ignored (see the module docstring).
+        self.idempotent_creates = idempotent_creates
         self._api_key = api_key
         self._signed_tokens = signed_tokens
         self._lock = threading.Lock()
         self._faults = FaultPlan(("create", "poll", "validate", "events"), lambda s: {"error": status_phrase(s)})
         self._scripts: dict[str, tuple[str, str]] = {}
-        self._threads: dict[str, _Thread] = {}
+        self._threads: dict[str, Thread] = {}
         self._by_task: dict[str, str] = {}
+        self._task_threads: dict[str, list[str]] = {}
         self._by_key: dict[str, str] = {}
         self._requests: list[RecordedRequest] = []
+        self._lookups: list[str] = []
+        self._lost_answers: deque[LostAnswer] = deque()
+        self._stall_release = threading.Event()
         self._replays = 0
         self._validations: list[tuple[str, str, bool]] = []
         self._events: list[tuple[str, dict[str, Any]]] = []
@@ -171,12 +122,12 @@ class StacksonaSimulator(SimulatorBase):
             raise ValueError(f"decision must be approved or rejected, not {decision!r}")
         with self._lock:
             thread = self._thread(thread_id)
-            if thread.status in _FINAL:
+            if thread.status in FINAL_STATUSES:
                 raise ValueError(f"thread {thread_id} is already {thread.status}")
-            thread.status, thread.message, thread.decided_at = decision, message, _now()
+            thread.status, thread.message, thread.decided_at = decision, message, now_text()
             if decision == "approved" and self._signed_tokens:
                 thread.approval_token = "sat_" + secrets.token_urlsafe(32)
-            notice = _callback_notice(thread)
+            notice = callback_notice(thread)
         url = self.callback_url
         if send_callback and url:
             self._send_callback(_with_token(url, callback_token), notice, callback_token)
@@ -186,8 +137,14 @@ class StacksonaSimulator(SimulatorBase):
             self._thread(thread_id).status = status
 
     def thread_for_task(self, task_id: str) -> str | None:
+        """The newest thread opened for the task."""
         with self._lock:
             return self._by_task.get(task_id)
+
+    def threads_for_task(self, task_id: str) -> list[str]:
+        """Every thread opened for the task, oldest first (more than one only without idempotency)."""
+        with self._lock:
+            return list(self._task_threads.get(task_id, []))
 
     def pending_threads(self) -> list[str]:
         with self._lock:
@@ -208,10 +165,34 @@ class StacksonaSimulator(SimulatorBase):
     def set_delay(self, route: StacksonaRoute, seconds: float) -> None:
         self._faults.set_delay(route, seconds)
 
+    def stall_next_create(self) -> None:
+        """The next create takes effect, then its answer is held back until `release_stalled_creates`.
+
+        The caller times out while Stacksona has the request (at most 60 s).
+        """
+        with self._lock:
+            self._lost_answers.append("stall")
+
+    def release_stalled_creates(self) -> None:
+        with self._lock:
+            release, self._stall_release = self._stall_release, threading.Event()
+        release.set()
+
+    def fail_next_create_after_recording(self, status: int) -> None:
+        """The next create takes effect, then a proxy in between answers `status` instead (e.g. 502)."""
+        with self._lock:
+            self._lost_answers.append(status)
+
     @property
     def requests(self) -> list[RecordedRequest]:
         with self._lock:
             return list(self._requests)
+
+    @property
+    def lookups(self) -> list[str]:
+        """Task ids looked up with `GET /api/agent/decisions?task_id=`, in order."""
+        with self._lock:
+            return list(self._lookups)
 
     @property
     def replays(self) -> int:
@@ -233,7 +214,7 @@ class StacksonaSimulator(SimulatorBase):
         with self._lock:
             return list(self._callback_errors)
 
-    def _thread(self, thread_id: str) -> _Thread:
+    def _thread(self, thread_id: str) -> Thread:
         thread = self._threads.get(thread_id)
         if thread is None:
             raise KeyError(f"unknown thread {thread_id!r}")
@@ -277,35 +258,52 @@ class StacksonaSimulator(SimulatorBase):
         body = parse_json_object(request.get_data())
         key = request.headers.get("Idempotency-Key")
         with self._lock:
-            known = self._by_task.get(task_id) or (self._by_key.get(key) if key else None)
-            if known is not None:
-                self._replays += 1
-                return json_response(200, _view(self._threads[known]))
-            problem = _request_problem(body)
-            if problem is not None or body is None:
-                return _error(422, problem or "body must be a JSON object")
-            thread = self._open_thread(task_id, body)
-            if key:
-                self._by_key[key] = thread.thread_id
-            self._requests.append(RecordedRequest(task_id, key, body, thread.thread_id))
-        return json_response(201, _view(thread))
+            status, answer = self._create_or_replay(task_id, key, body)
+            lost = self._lost_answers.popleft() if status < 300 and self._lost_answers else None
+            release = self._stall_release
+        if lost == "stall":
+            release.wait(_MAX_STALL_SECONDS)
+        elif isinstance(lost, int):
+            return _error(lost, status_phrase(lost))
+        return json_response(status, answer)
 
-    def _open_thread(self, task_id: str, body: dict[str, Any]) -> _Thread:
+    def _create_or_replay(self, task_id: str, key: str | None, body: dict[str, Any] | None) -> tuple[int, Any]:
+        """The answer's status and body; the caller holds the lock."""
+        known = self._known_thread(task_id, key)
+        if known is not None:
+            self._replays += 1
+            return 200, thread_view(self._threads[known])
+        problem = request_problem(body)
+        if problem is not None or body is None:
+            return 422, {"error": problem or "body must be a JSON object"}
+        thread = self._open_thread(task_id, body)
+        if key:
+            self._by_key[key] = thread.thread_id
+        self._requests.append(RecordedRequest(task_id, key, body, thread.thread_id))
+        return 201, thread_view(thread)
+
+    def _known_thread(self, task_id: str, key: str | None) -> str | None:
+        if not self.idempotent_creates:
+            return None
+        return self._by_task.get(task_id) or (self._by_key.get(key) if key else None)
+
+    def _open_thread(self, task_id: str, body: dict[str, Any]) -> Thread:
         """Creates the decision; the caller holds the lock."""
         environment = body["payload"].get("environment")
         scripted = self._scripts.get(environment) if isinstance(environment, str) else None
         status, message = scripted or ("pending_review", "")
-        thread = _Thread(
+        thread = Thread(
             thread_id="thr_" + secrets.token_hex(8),
             task_id=task_id,
             workflow_name=body["workflow_name"],
             task_label=body["task_label"],
             status=status,
             message=message,
-            decided_at=_now() if status in _FINAL else None,
+            decided_at=now_text() if status in FINAL_STATUSES else None,
         )
         self._threads[thread.thread_id] = thread
         self._by_task[task_id] = thread.thread_id
+        self._task_threads.setdefault(task_id, []).append(thread.thread_id)
         return thread
 
     def _poll(self, request: Request) -> Response:
@@ -315,10 +313,17 @@ class StacksonaSimulator(SimulatorBase):
             return _error(400, "thread_id or task_id is required")
         with self._lock:
             if not thread_id and task_id:
+                self._lookups.append(task_id)
+                if not self.idempotent_creates:
+                    return json_response(200, {"decisions": self._task_views(task_id)})
                 thread_id = self._by_task.get(task_id)
             thread = self._threads.get(thread_id or "")
-            view = None if thread is None else _view(thread)
+            view = None if thread is None else thread_view(thread)
         return _error(404, "not found") if view is None else json_response(200, view)
+
+    def _task_views(self, task_id: str) -> list[dict[str, Any]]:
+        """Every thread of the task, newest first (empty when unknown); the caller holds the lock."""
+        return [thread_view(self._threads[t]) for t in reversed(self._task_threads.get(task_id, []))]
 
     def _validate(self, request: Request) -> Response:
         body = parse_json_object(request.get_data())
@@ -336,11 +341,13 @@ class StacksonaSimulator(SimulatorBase):
 
     def _spend_token(self, task_id: str, signature: str) -> str | None:
         """Why the token is not valid, or None after spending it; the caller holds the lock."""
-        thread_id = self._by_task.get(task_id)
-        thread = None if thread_id is None else self._threads[thread_id]
-        if thread is None or thread.approval_token is None:
+        threads = [self._threads[t] for t in self._task_threads.get(task_id, [])]
+        issued = [t for t in threads if t.approval_token is not None]
+        if not issued:
             return "no approval token was issued for this task"
-        if not hmac.compare_digest(signature.encode(), thread.approval_token.encode()):
+        signed = signature.encode()
+        thread = next((t for t in issued if hmac.compare_digest(signed, str(t.approval_token).encode())), None)
+        if thread is None:
             return "signature does not match"
         if thread.token_spent:
             return "approval token already used"

@@ -13,10 +13,21 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, RowMapping, case, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, RowMapping, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from app.core.gate import FINAL_STATES, OPEN_STATES, AcceptOutcome, Change, DeploymentRequest, Gate, HistoryEntry
+from app.core.gate import (
+    FINAL_STATES,
+    OPEN_STATES,
+    AcceptOutcome,
+    Change,
+    DeploymentRequest,
+    Gate,
+    GateState,
+    HistoryEntry,
+)
+from app.core.review import answer_again, joins_during_review, needs_answer_again
+from app.core.transitions import next_attempt_at
 from app.store.engine import READ_ONLY
 from app.store.schema import deliveries, gate_history, gates, schedules
 
@@ -62,7 +73,7 @@ class GateStore:
         if row is not None:
             gate_id, outcome = row.id, AcceptOutcome.JOINED
             reason = f"delivery {delivery_id} joined the gate"
-            if row.state == "reporting":
+            if joins_during_review(GateState(row.state)):
                 conn.execute(update(gates).where(gates.c.id == gate_id).values(rereview=True))
                 reason += " while its review was being sent; GitHub will be answered once more"
             _record(conn, gate_id, now, row.state, row.state, reason)
@@ -72,7 +83,7 @@ class GateStore:
             _record(conn, gate_id, now, answered.state, answered.state, reason)
         else:
             gate_id, outcome = _insert_gate(conn, request, key, now, now + deadline), AcceptOutcome.CREATED
-            _record(conn, gate_id, now, None, "new", f"delivery {delivery_id} opened the gate")
+            _record(conn, gate_id, now, None, GateState.NEW, f"delivery {delivery_id} opened the gate")
         conn.execute(
             insert(deliveries).values(
                 delivery_id=delivery_id, gate_id=gate_id, deployment_id=request.deployment_id, received_at=now
@@ -111,24 +122,28 @@ class GateStore:
             rows = conn.execute(select(gates).where(gates.c.id.in_(due)).order_by(gates.c.next_attempt_at))
             return [_gate(row._mapping) for row in rows]
 
-    def apply(self, gate: Gate, change: Change) -> bool:
-        """Write a step's result if this worker still holds the gate's lease."""
+    def apply(self, gate: Gate, change: Change) -> Change | None:
+        """Write a step's result if this worker still holds the gate's lease.
+
+        Returns the change as written (a job that joined meanwhile may send the
+        gate back to reporting), or None when the lease was lost.
+        """
         now = self._clock()
         with self._engine.begin() as conn:
             held = conn.execute(
-                select(gates.c.rereview)
+                select(gates.c.rereview, gates.c.woken)
                 .where(gates.c.id == gate.id, gates.c.generation == gate.generation)
                 .where(gates.c.lease_owner == gate.lease_owner)
                 .with_for_update()
             ).first()
             if held is None:
-                return False
-            if held.rereview and gate.state == "reporting" and change.state in FINAL_STATES:
-                change = _answer_again(change, now)
-            conn.execute(update(gates).where(gates.c.id == gate.id).values(**_columns(change, now)))
+                return None
+            if needs_answer_again(rereview=held.rereview, before=gate.state, after=change.state):
+                change = answer_again(change, now=now)
+            conn.execute(update(gates).where(gates.c.id == gate.id).values(**_columns(change, now, held.woken)))
             if change.record or change.state != gate.state:
                 _record(conn, gate.id, now, gate.state, change.state, change.reason)
-            return True
+            return change
 
     def mark(self, gate: Gate, values: Mapping[str, Any], *, lease_seconds: float) -> bool:
         """Record that a step is about to call out, if this worker still holds a live lease.
@@ -148,6 +163,22 @@ class GateStore:
             )
             return result.rowcount == 1
 
+    def renew(self, running: Sequence[Gate], *, lease_seconds: float) -> list[int]:
+        """Extend the leases of steps still running (the heartbeat); returns the gates whose lease is gone.
+
+        A lease that lapsed but was not claimed by anyone (same generation and
+        owner) is renewed too: nobody else can have started on the gate.
+        """
+        now = self._clock()
+        lost: list[int] = []
+        with self._engine.begin() as conn:
+            for gate in running:
+                held = (gates.c.id == gate.id) & (gates.c.generation == gate.generation)
+                held &= gates.c.lease_owner == gate.lease_owner
+                if conn.execute(update(gates).where(held).values(lease_expires_at=now + lease_seconds)).rowcount != 1:
+                    lost.append(gate.id)
+        return lost
+
     def wake(self, *, thread_id: str | None, task_id: str | None) -> Gate | None:
         """Make a gate awaiting review due now; None if no gate has this thread or task.
 
@@ -159,9 +190,11 @@ class GateStore:
             row = _gate_row(conn, gates.c.thread_id, thread_id) or _gate_row(conn, gates.c.task_id, task_id)
             if row is None:
                 return None
-            if row.state == "awaiting_review" and row.attempts == 0:
+            if row.state == GateState.AWAITING_REVIEW and row.attempts == 0:
                 # Conditional: on PostgreSQL the gate may have moved on since it was read.
-                awaiting = (gates.c.id == row.id) & (gates.c.state == "awaiting_review") & (gates.c.attempts == 0)
+                awaiting = (
+                    (gates.c.id == row.id) & (gates.c.state == GateState.AWAITING_REVIEW) & (gates.c.attempts == 0)
+                )
                 conn.execute(update(gates).where(awaiting).values(next_attempt_at=now, woken=True))
             return _gate(row._mapping)
 
@@ -208,7 +241,7 @@ class GateStore:
     def history(self, gate_id: int) -> list[HistoryEntry]:
         query = select(gate_history).where(gate_history.c.gate_id == gate_id).order_by(gate_history.c.id)
         with self._reading() as conn:
-            return [HistoryEntry(r.at, r.from_state, r.to_state, r.reason) for r in conn.execute(query)]
+            return [_history_entry(r._mapping) for r in conn.execute(query)]
 
     def delivery_ids(self, gate_id: int) -> list[str]:
         query = select(deliveries.c.delivery_id).where(deliveries.c.gate_id == gate_id)
@@ -252,7 +285,7 @@ def _insert_gate(conn: Connection, request: DeploymentRequest, key: str, now: fl
     values = _request_columns(request) | {
         "task_id": task_id_for(request),
         "open_key": key,
-        "state": "new",
+        "state": GateState.NEW,
         "status_reported": False,
         "woken": False,
         "attempts": 0,
@@ -281,28 +314,17 @@ def _answered_gate(conn: Connection, request: DeploymentRequest) -> Any:
     return conn.execute(query).first()
 
 
-def _columns(change: Change, now: float) -> dict[str, Any]:
-    values = dict(change.values)
-    next_at = values.pop("next_attempt_at", now)
+def _columns(change: Change, now: float, woken: bool) -> dict[str, Any]:
+    values = {key: str(value) if isinstance(value, GateState) else value for key, value in change.values.items()}
     if change.state in FINAL_STATES:
         values |= {"open_key": None, "closed_at": now}
-    backing_off = bool(values.get("attempts"))
     return values | {
-        "state": change.state,
+        "state": str(change.state),
         "updated_at": now,
         "lease_owner": None,
         "lease_expires_at": None,
-        # A callback that arrived during the step wins over the fallback poll
-        # schedule, never over a retry backoff (Retry-After).
-        "next_attempt_at": next_at if backing_off else case((gates.c.woken, now), else_=next_at),
+        "next_attempt_at": next_attempt_at(change.values, now=now, woken=woken),
     }
-
-
-def _answer_again(change: Change, now: float) -> Change:
-    answered = change.state in ("approved", "rejected")
-    values = {"rereview": False, "attempts": 0, "last_error": None} | ({"answered_at": now} if answered else {})
-    reason = f"{change.reason}; a job joined meanwhile, so GitHub is answered once more"
-    return Change("reporting", reason, values)
 
 
 def _gate_row(conn: Connection, column: Any, value: str | None) -> Any:
@@ -311,12 +333,20 @@ def _gate_row(conn: Connection, column: Any, value: str | None) -> Any:
     return conn.execute(select(gates).where(column == value).order_by(gates.c.id.desc())).first()
 
 
-def _record(conn: Connection, gate_id: int, at: float, before: str | None, after: str, reason: str) -> None:
-    conn.execute(insert(gate_history).values(gate_id=gate_id, at=at, from_state=before, to_state=after, reason=reason))
+def _record(conn: Connection, gate_id: int, at: float, before: GateState | None, after: GateState, reason: str) -> None:
+    row = {"gate_id": gate_id, "at": at, "from_state": before and str(before), "to_state": str(after), "reason": reason}
+    conn.execute(insert(gate_history).values(**row))
 
 
 def _gate(row: RowMapping) -> Gate:
     data = {name: row[name] for name in Gate.__dataclass_fields__}
     data["pull_requests"] = tuple(json.loads(row["pull_requests"] or "[]"))
     data["status_reported"] = bool(row["status_reported"])
+    data["state"] = GateState(row["state"])
+    data["verdict"] = GateState(row["verdict"]) if row["verdict"] else None
     return Gate(**data)
+
+
+def _history_entry(row: RowMapping) -> HistoryEntry:
+    before = GateState(row["from_state"]) if row["from_state"] else None
+    return HistoryEntry(row["at"], before, GateState(row["to_state"]), row["reason"])

@@ -71,6 +71,9 @@ gates = Table(
     Column("review_sent_at", Float, nullable=True),
     # Fingerprint of the one-time approval token about to be validated.
     Column("token_checked", String(32), nullable=True),
+    # Set before every Stacksona create: a later attempt looks the task up before
+    # creating again, since Stacksona does not document creates as idempotent.
+    Column("request_sent_at", Float, nullable=True),
     Column("last_error", Text, nullable=True),
     Index("ix_gates_due", "state", "next_attempt_at"),
     Index("ix_gates_thread_id", "thread_id"),

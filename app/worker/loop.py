@@ -12,13 +12,12 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from app.clients.stacksona import StacksonaCallFailed
-from app.core.backoff import retry_delay
-from app.core.gate import FINAL_STATES, Change, Gate
-from app.settings import SAFE_WORKER_LEASE_SECONDS
+from app.core.gate import Change, Gate
+from app.core.transitions import after_internal_error
 from app.store.gates import GateStore
 from app.worker.redelivery import CHORE, redeliver_lost_deliveries
-from app.worker.steps import LeaseLost, Services, run_step
+from app.worker.services import Services
+from app.worker.steps import LeaseLost, run_step, tell_stacksona
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +29,13 @@ def worker_id() -> str:
 
 
 class Worker:
+    """Runs one step per due gate, claiming a gate only when a thread is free to run it.
+
+    While a step runs, a heartbeat keeps its lease alive, so a lease can be
+    short: the gates of a worker that died are taken over within one lease
+    (see docs/architecture.md, "Leases, marks and exactly once").
+    """
+
     def __init__(
         self,
         store: GateStore,
@@ -44,11 +50,14 @@ class Worker:
         self._idle_seconds = idle_seconds
         self._concurrency = services.settings.worker_concurrency
         self._lease_seconds = services.settings.worker_lease_seconds
+        self._running: dict[int, Gate] = {}
+        self._running_lock = threading.Lock()
         self.wakeup = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker %s started", self._owner)
-        self._warn_about_short_lease()
+        heartbeat = threading.Thread(target=self._keep_leases, args=(stop,), name="lease-heartbeat", daemon=True)
+        heartbeat.start()
         # Chores run beside the gates, so a long one never holds gate steps back.
         with (
             ThreadPoolExecutor(self._concurrency, thread_name_prefix="gate") as pool,
@@ -60,18 +69,61 @@ class Worker:
                 if (chore is None or chore.done()) and time.monotonic() >= next_chore_at:
                     chore = chores.submit(self._recover_lost_deliveries)
                     next_chore_at = time.monotonic() + (self._svc.settings.redelivery_interval_seconds or 3600.0)
-                if self._run_batch(pool) == 0:
+                if self._start_due(pool) == 0:
                     self.wakeup.wait(self._idle_seconds)
                     self.wakeup.clear()
+        heartbeat.join(timeout=self._lease_seconds)
         log.info("worker %s stopped", self._owner)
 
-    def _warn_about_short_lease(self) -> None:
-        if self._lease_seconds < SAFE_WORKER_LEASE_SECONDS:
-            log.warning(
-                "WORKER_LEASE %.0fs is shorter than a slow call can take (%.0fs): another worker may repeat it",
-                self._lease_seconds,
-                SAFE_WORKER_LEASE_SECONDS,
-            )
+    def _start_due(self, pool: ThreadPoolExecutor) -> int:
+        """Claim as many due gates as there are free threads, and start them."""
+        free = self._concurrency - self.running_count()
+        if free <= 0:
+            return 0
+        gates = self._claim(free)
+        for gate in gates:
+            with self._running_lock:
+                self._running[gate.id] = gate
+            pool.submit(self._process_and_free, gate)
+        return len(gates)
+
+    def _process_and_free(self, gate: Gate) -> None:
+        try:
+            self.process(gate)
+        finally:
+            with self._running_lock:
+                self._running.pop(gate.id, None)
+            self.wakeup.set()  # a thread is free: claim the next due gate now
+
+    def running_count(self) -> int:
+        with self._running_lock:
+            return len(self._running)
+
+    def _keep_leases(self, stop: threading.Event) -> None:
+        """Renew the leases of running steps every third of a lease, until the worker stops."""
+        while not stop.wait(self._lease_seconds / 3):
+            self.renew_leases()
+        self.renew_leases()  # steps still finishing after the stop keep their gates
+
+    def renew_leases(self) -> None:
+        with self._running_lock:
+            running = list(self._running.values())
+        if not running:
+            return
+        try:
+            lost = self._store.renew(running, lease_seconds=self._lease_seconds)
+        except Exception:
+            log.warning("cannot renew the leases of %d running gates (database unavailable?)", len(running))
+            return
+        for gate_id in lost:
+            log.warning("gate %s: lease lost while its step runs; its result will be discarded", gate_id)
+
+    def _claim(self, limit: int) -> list[Gate]:
+        try:
+            return self._store.claim_due(self._owner, limit=limit, lease_seconds=self._lease_seconds)
+        except Exception:
+            log.exception("cannot claim gates (database unavailable?)")
+            return []
 
     def _recover_lost_deliveries(self) -> None:
         """One replica per interval (the database decides which) asks GitHub to resend lost deliveries."""
@@ -85,17 +137,10 @@ class Worker:
             log.exception("looking for lost deliveries failed; next try in %.0fs", interval)
 
     def run_once(self) -> int:
-        """Process every gate due now (one step each); for tests and the demo."""
+        """Claim what is due now (up to the concurrency) and run one step each; for tests."""
+        gates = self._claim(self._concurrency)
         with ThreadPoolExecutor(self._concurrency, thread_name_prefix="gate") as pool:
-            return self._run_batch(pool)
-
-    def _run_batch(self, pool: ThreadPoolExecutor) -> int:
-        try:
-            gates = self._store.claim_due(self._owner, limit=self._concurrency, lease_seconds=self._lease_seconds)
-        except Exception:
-            log.exception("cannot claim gates (database unavailable?)")
-            return 0
-        list(pool.map(self.process, gates))
+            list(pool.map(self.process, gates))
         return len(gates)
 
     def process(self, gate: Gate) -> None:
@@ -113,23 +158,27 @@ class Worker:
             return
         except Exception as exc:
             log.exception("gate %s: step failed unexpectedly", gate.id)
-            change = Change(gate.state, f"internal error {type(exc).__name__}; will retry", _later(gate, self._svc))
+            change = after_internal_error(gate, type(exc).__name__, now=self._svc.clock(), rand=self._svc.rand)
         try:
-            applied = self._store.apply(gate, change)
+            written = self._store.apply(gate, change)
         except Exception:
             log.exception("gate %s: cannot store the step's result; its lease will expire and it reruns", gate.id)
             return
-        if not applied:
+        if written is None:
             log.warning("gate %s: lease lost, result of this step discarded", gate.id)
             return
-        self._log_change(gate, change)
-        if change.state in FINAL_STATES:
-            self._tell_stacksona(gate, change)
+        self._log_change(gate, written)
+        if (problem := tell_stacksona(gate, written, self._svc)) is not None:
+            log.warning("gate %s: timeline event not added (%s)", gate.id, problem)
 
     def _mark(self, gate: Gate, values: Mapping[str, Any]) -> bool:
         return self._store.mark(gate, values, lease_seconds=self._lease_seconds)
 
     def _log_change(self, gate: Gate, change: Change) -> None:
+        if change.alert:
+            log.error(
+                "gate %s %s run %s [%s]: %s", gate.id, gate.full_name, gate.run_id, gate.environment, change.alert
+            )
         if change.state != gate.state or change.record:
             move = gate.state if change.state == gate.state else f"{gate.state} -> {change.state}"
             log.info(
@@ -141,21 +190,3 @@ class Worker:
                 move,
                 change.reason,
             )
-
-    def _tell_stacksona(self, gate: Gate, change: Change) -> None:
-        """Best effort: the reviewer timeline shows what happened on GitHub."""
-        payload = {
-            "repository": gate.full_name,
-            "environment": gate.environment,
-            "run_id": gate.run_id,
-            "outcome": change.state,
-        }
-        try:
-            self._svc.stacksona.add_event(gate.task_id, "github_deployment_" + change.state, change.reason, payload)
-        except StacksonaCallFailed as exc:
-            log.warning("gate %s: timeline event not added (%s)", gate.id, exc)
-
-
-def _later(gate: Gate, svc: Services) -> dict[str, object]:
-    delay = retry_delay(gate.attempts, svc.rand)
-    return {"attempts": gate.attempts + 1, "next_attempt_at": svc.clock() + delay, "last_error": "internal error"}

@@ -11,7 +11,7 @@ import logging
 from app.clients.github import GitHubCallFailed
 from app.core.redelivery import EVENT, choose_redeliveries, parse_attempt
 from app.store.gates import GateStore
-from app.worker.steps import Services
+from app.worker.services import Services
 
 log = logging.getLogger(__name__)
 CHORE = "github-redelivery"

@@ -1,44 +1,44 @@
 """One worker step for one leased gate: call out, then describe the new state.
 
-Each step does its network I/O first and returns a `Change`; the worker
-writes it only if it still holds the lease. The meaning of every answer comes
-from the pure core in `app.decision`.
+Each step does its network I/O and returns a `Change`; the worker writes it
+only if it still holds the lease. What every answer means is decided in the
+pure core: `app.core.decision` (Stacksona), `app.core.review` (GitHub) and
+`app.core.transitions` (waiting, retrying, deadlines).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from app.clients.github import GitHubAnswer, GitHubClient, ReviewState, RunTarget
-from app.clients.stacksona import StacksonaCallFailed, StacksonaClient
-from app.core import comments
-from app.core.backoff import poll_delay, retry_delay
+from app.clients.github import ReviewState, RunTarget
+from app.clients.stacksona import StacksonaCallFailed
+from app.core import comments, review, transitions
 from app.core.decision import (
-    Approve,
+    Adopt,
     AwaitReview,
-    Reject,
+    LookupOutcome,
+    LookUpTask,
     Retry,
-    ReviewResult,
+    SendCreate,
     StacksonaAnswer,
     ValidateToken,
     Verdict,
-    classify_review_response,
+    after_lookup,
     decide,
     decide_after_validation,
+    decide_on_create_failure,
     decide_on_failure,
+    how_to_ask,
 )
 from app.core.decision_request import build_decision_request
-from app.core.gate import Change, Gate
-from app.settings import Settings
-
-# GitHub fails the job itself after 30 days; past that no answer matters.
-GITHUB_WAIT_LIMIT_SECONDS = 30 * 86400.0
-STATUS_REPORT_TRIES = 3
+from app.core.gate import FINAL_STATES, Change, Gate, GateState
+from app.core.timeline import timeline_event
+from app.worker.services import Services
 
 # Writes progress before a call that cannot be repeated blind; False when the
-# worker no longer holds the gate's lease (see GateStore.mark).
+# worker no longer holds the gate's lease (see GateQueue.mark).
 Checkpoint = Callable[[Mapping[str, Any]], bool]
 
 
@@ -46,38 +46,53 @@ class LeaseLost(Exception):
     """The gate's lease is gone: another worker owns it, so this step must not call out."""
 
 
-@dataclass(frozen=True)
-class Services:
-    settings: Settings
-    stacksona: StacksonaClient
-    github: GitHubClient
-    clock: Callable[[], float]
-    rand: Callable[[], float]
-
-
 def run_step(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
-    if gate.state in ("new", "awaiting_review") and svc.clock() >= gate.deadline_at:
-        deadline = comments.format_time(gate.deadline_at)
-        return _to_reporting(gate, Reject(f"No Stacksona decision before the deadline ({deadline}): timed out"), svc)
-    if gate.state == "new":
+    if transitions.is_past_deadline(gate, svc.clock()):
+        return transitions.timed_out(gate)
+    if gate.state is GateState.NEW:
         return _ask(gate, svc, checkpoint)
-    if gate.state == "awaiting_review":
+    if gate.state is GateState.AWAITING_REVIEW:
         return _poll(gate, svc, checkpoint) if gate.status_reported else _post_status_report(gate, svc)
-    if gate.state == "reporting":
+    if gate.state is GateState.REPORTING:
         return _report(gate, svc, checkpoint)
     raise ValueError(f"gate {gate.id} is {gate.state!r}: nothing to do")
 
 
 def _ask(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
+    if isinstance(how_to_ask(gate.request_sent_at), LookUpTask):
+        found = _look_up(gate, svc)
+        if isinstance(found, Adopt):
+            change = _after_answer(gate, found.answer, svc, checkpoint)
+            return replace(change, reason=f"found the request an earlier attempt created; {change.reason}")
+        if not isinstance(found, SendCreate):
+            return _after_outcome(gate, found, gate.thread_id, svc)
+    return _create(gate, svc, checkpoint)
+
+
+def _look_up(gate: Gate, svc: Services) -> LookupOutcome:
+    try:
+        return after_lookup(svc.stacksona.find_task(gate.task_id))
+    except StacksonaCallFailed as exc:
+        return after_lookup(exc.failure)
+
+
+def _create(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
     request = build_decision_request(gate, svc.settings.environment_rules, svc.settings.github_web_url)
+    if not checkpoint({"request_sent_at": svc.clock()}):
+        raise LeaseLost(f"gate {gate.id}: lease lost before creating the Stacksona request")
     try:
         answer = svc.stacksona.create_request(gate.task_id, request)
     except StacksonaCallFailed as exc:
-        return _after_outcome(gate, decide_on_failure(exc.failure), gate.thread_id, svc)
+        return _after_outcome(gate, decide_on_create_failure(exc.failure), gate.thread_id, svc)
     return _after_answer(gate, answer, svc, checkpoint)
 
 
 def _poll(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
+    # GitHub does not tell a protection rule that its run was cancelled: ask, so the
+    # reviewer is not left deciding about a deployment that no longer waits.
+    run = svc.github.get_run_status(_target(gate))
+    if (finished := review.after_run_check(gate, run.status, run.conclusion)) is not None:
+        return finished
     try:
         answer = svc.stacksona.get_decision(thread_id=gate.thread_id, task_id=gate.task_id)
     except StacksonaCallFailed as exc:
@@ -86,8 +101,7 @@ def _poll(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
 
 
 def _after_answer(gate: Gate, answer: StacksonaAnswer, svc: Services, checkpoint: Checkpoint) -> Change:
-    token_required = svc.settings.stacksona_require_approval_token
-    outcome = decide(answer, token_required=token_required)
+    outcome = decide(answer, token_required=svc.settings.stacksona_require_approval_token)
     # The thread learnt when the request was created stays the gate's thread.
     thread_id = gate.thread_id or answer.thread_id
     if isinstance(outcome, ValidateToken):
@@ -108,98 +122,50 @@ def _validate(gate: Gate, check: ValidateToken, svc: Services, checkpoint: Check
     return decide_after_validation(valid, check.message, tried_before=tried_before)
 
 
-def _after_outcome(
-    gate: Gate, outcome: Approve | Reject | AwaitReview | Retry, thread_id: str | None, svc: Services
-) -> Change:
+def _after_outcome(gate: Gate, outcome: Verdict | AwaitReview | Retry, thread_id: str | None, svc: Services) -> Change:
+    now = svc.clock()
     if isinstance(outcome, Retry):
-        return _retry(gate, outcome, svc, until=gate.deadline_at)
+        return transitions.retry_later(
+            gate, outcome.reason, outcome.retry_after, now=now, rand=svc.rand, until=gate.deadline_at
+        )
     if isinstance(outcome, AwaitReview):
-        return _await(gate, thread_id or outcome.thread_id, svc)
-    return _to_reporting(gate, outcome, svc, thread_id)
-
-
-def _await(gate: Gate, thread_id: str | None, svc: Services) -> Change:
-    values: dict[str, object]
-    if gate.state == "new":
-        values = {"thread_id": thread_id, "attempts": 0, "polls": 0, "last_error": None}
-        return Change("awaiting_review", f"Stacksona asked a reviewer (thread {thread_id})", values)
-    delay = poll_delay(gate.polls, svc.rand, cap=svc.settings.poll_max_interval_seconds)
-    next_at = min(svc.clock() + delay, gate.deadline_at)
-    values = {"polls": gate.polls + 1, "attempts": 0, "next_attempt_at": next_at, "last_error": None}
-    return Change(gate.state, "still pending review", values, record=False)
-
-
-def _to_reporting(gate: Gate, verdict: Verdict, svc: Services, thread_id: str | None = None) -> Change:
-    state = "approved" if isinstance(verdict, Approve) else "rejected"
-    values = {
-        "verdict": state,
-        "verdict_reason": verdict.reason,
-        "reviewer_message": verdict.message,
-        "thread_id": thread_id or gate.thread_id,
-        "attempts": 0,
-        "last_error": None,
-    }
-    return Change("reporting", f"verdict {state}: {verdict.reason}", values)
+        cap = svc.settings.poll_max_interval_seconds
+        return transitions.await_review(gate, thread_id or outcome.thread_id, now=now, rand=svc.rand, poll_cap=cap)
+    return transitions.to_reporting(gate, outcome, thread_id)
 
 
 def _post_status_report(gate: Gate, svc: Services) -> Change:
     text = comments.status_report(_context(gate, svc), gate.deadline_at)
     answer = svc.github.status_report(_target(gate), text)
-    result = _review_result(answer)
-    # The status report is a courtesy: whatever GitHub answers, only the final
-    # review may close the gate (a 4xx here may be a validation quirk).
-    if result is ReviewResult.RETRY and gate.attempts + 1 < STATUS_REPORT_TRIES:
-        return _retry(gate, Retry(answer.detail, answer.retry_after), svc, until=gate.deadline_at)
-    done = result is ReviewResult.DONE
-    reason = "status report posted on GitHub" if done else f"status report not posted ({answer.detail})"
-    return Change(gate.state, reason, {"status_reported": True, "attempts": 0, "last_error": None})
+    version = svc.settings.github_api_version
+    return review.after_status_report(gate, answer, now=svc.clock(), rand=svc.rand, api_version=version)
 
 
 def _report(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
-    state: ReviewState = "approved" if gate.verdict == "approved" else "rejected"
-    text = comments.final_comment(
-        state == "approved", gate.verdict_reason or "", gate.reviewer_message or "", _context(gate, svc)
-    )
+    verdict = review.verdict_of(gate)
+    approved = verdict is GateState.APPROVED
+    text = comments.final_comment(approved, gate.verdict_reason or "", gate.reviewer_message or "", _context(gate, svc))
     if not checkpoint({"review_sent_at": svc.clock()}):
         raise LeaseLost(f"gate {gate.id}: lease lost before sending the review")
+    state: ReviewState = "approved" if approved else "rejected"
     answer = svc.github.review(_target(gate), state, text)
-    result = _review_result(answer)
-    if result is ReviewResult.DONE:
-        return Change(state, f"GitHub deployment {state}", {"last_error": None})
-    if result is ReviewResult.SUPERSEDED and gate.answered_at is not None:
-        return Change(state, f"GitHub deployment {state}; the repeated answer found nothing more pending")
-    if result is ReviewResult.SUPERSEDED and gate.review_sent_at is not None:
-        # An earlier attempt's answer was lost (crash, timeout): GitHub most
-        # likely took that review, which is why nothing is pending now.
-        reason = f"GitHub has nothing pending after an earlier {state} review whose answer was lost ({answer.detail})"
-        return Change(state, reason)
-    if result is ReviewResult.SUPERSEDED:
-        return Change("superseded", f"GitHub had nothing pending any more ({answer.detail}); {state} not needed")
-    if result is ReviewResult.RETRY and svc.clock() < gate.created_at + GITHUB_WAIT_LIMIT_SECONDS:
-        retry = _retry(gate, Retry(answer.detail, answer.retry_after), svc, until=None)
-        # A refusal proves this attempt was not taken: only earlier attempts may have been.
-        refused = answer.token_failure or (answer.status_code is not None and answer.status_code < 500)
-        return replace(retry, values={**retry.values, "review_sent_at": gate.review_sent_at}) if refused else retry
-    return Change("failed", f"GitHub did not take the {state} review ({answer.detail})")
+    version = svc.settings.github_api_version
+    return review.after_review(gate, answer, now=svc.clock(), rand=svc.rand, api_version=version)
 
 
-def _review_result(answer: GitHubAnswer) -> ReviewResult:
-    if answer.token_failure:
-        # Minting the token failed (key rotated, clock skew, app suspended):
-        # an admin can fix that, so keep trying rather than closing the gate.
-        return ReviewResult.RETRY
-    return classify_review_response(answer.status_code)
+def tell_stacksona(gate: Gate, change: Change, svc: Services) -> str | None:
+    """Best effort, after a gate closed: the reviewer timeline shows what happened on GitHub.
 
-
-def _retry(gate: Gate, retry: Retry, svc: Services, *, until: float | None) -> Change:
-    delay = retry_delay(gate.attempts, svc.rand, retry_after=retry.retry_after)
-    next_at = svc.clock() + delay
-    if until is not None:
-        next_at = min(next_at, until)
-    values = {"attempts": gate.attempts + 1, "next_attempt_at": next_at, "last_error": retry.reason}
-    # Record the first retries and then every tenth, so a long outage stays readable.
-    record = gate.attempts < 3 or gate.attempts % 10 == 0
-    return Change(gate.state, f"{retry.reason}; retry {gate.attempts + 1} in {delay:.1f}s", values, record)
+    Returns why the event could not be added, or None.
+    """
+    if change.state not in FINAL_STATES:
+        return None
+    event = timeline_event(gate, change)
+    try:
+        svc.stacksona.add_event(gate.task_id, event.event_type, event.summary, event.payload)
+    except StacksonaCallFailed as exc:
+        return str(exc)
+    return None
 
 
 def _target(gate: Gate) -> RunTarget:

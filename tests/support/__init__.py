@@ -1,0 +1,1 @@
+"""Helpers shared by the test modules (fakes, HTTP doubles, keys); no tests here."""

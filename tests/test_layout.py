@@ -1,0 +1,71 @@
+"""The package reads as the architecture (docs/architecture.md): imports only point downward."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+APP = Path(__file__).resolve().parent.parent / "app"
+
+# Which parts of the package each layer may import (besides itself).
+ALLOWED: dict[str, set[str]] = {
+    "core": set(),
+    "store": {"core"},
+    "clients": {"core"},
+    "http": {"core", "store", "settings"},
+    "worker": {"core", "store", "clients", "settings"},
+    "settings": {"core"},
+    "simulators": {"core", "http.signature"},
+}
+# No I/O library in the pure core.
+IO_LIBRARIES = {"httpx", "sqlalchemy", "alembic", "flask", "werkzeug", "githubkit", "gunicorn", "socket", "psycopg"}
+
+
+def layer_of(path: Path) -> str:
+    parts = path.relative_to(APP).with_suffix("").parts
+    return parts[0]
+
+
+def imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def layered_modules() -> list[Path]:
+    return sorted(p for p in APP.rglob("*.py") if layer_of(p) in ALLOWED and "migrations" not in p.parts)
+
+
+@pytest.mark.parametrize("path", layered_modules(), ids=lambda p: str(p.relative_to(APP)))
+def test_imports_point_downward(path: Path) -> None:
+    layer = layer_of(path)
+    allowed = {layer} | ALLOWED[layer] | {""}
+    wrong = set()
+    for name in imports_of(path):
+        if name == "app" or not name.startswith("app."):
+            continue
+        target = name.removeprefix("app.")
+        if not any(target == a or target.startswith(a + ".") for a in allowed if a):
+            wrong.add(name)
+    # `from app.x import y` also lists `app.x.y`; report the module only.
+    wrong = {name for name in wrong if not any(name.startswith(w + ".") for w in wrong)}
+    assert not wrong, f"{path.relative_to(APP)} ({layer}) may not import {sorted(wrong)}"
+
+
+@pytest.mark.parametrize("path", sorted((APP / "core").glob("*.py")), ids=lambda p: p.name)
+def test_core_imports_no_io_library(path: Path) -> None:
+    used = {name.split(".")[0] for name in imports_of(path)}
+    assert not used & IO_LIBRARIES, f"core/{path.name} imports {sorted(used & IO_LIBRARIES)}"
+
+
+def test_every_module_is_in_a_layer_or_an_entry_point() -> None:
+    entry_points = {"__init__", "__main__", "cli", "server", "runtime", "demo", "gates_report"}
+    loose = [p.name for p in APP.glob("*.py") if p.stem not in entry_points and p.stem not in ALLOWED]
+    assert not loose, f"modules outside the layout: {loose}"
