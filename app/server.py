@@ -3,19 +3,43 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from app.http.routes import create_app
 from app.runtime import build_runtime
 from app.settings import Settings
+from app.store.engine import make_engine
+from app.store.gates import GateStore
 from app.worker.loop import Worker
 
 GRACEFUL_SECONDS = 30
 # The path only: Stacksona callbacks may carry `?token=`, which must not be logged.
 ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss'
+# GitHub gives up on a delivery after 10 s and then never sees our answer: a
+# request waits at most this long for another writer, then answers 503 (nothing
+# stored) while GitHub still listens. The worker keeps its patient engine.
+WEB_LOCK_TIMEOUT_SECONDS = 5.0
+# Request threads never lent to the database, so /healthz answers whatever it does.
+PROBE_THREADS = 2
+
+
+class AccessLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger, with the request path escaped: `%0A` in a URL must not start a forged log line."""
+
+    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
+        atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
+        atoms["U"] = printable(str(atoms.get("U") or ""))
+        return atoms
+
+
+def printable(text: str) -> str:
+    """`text` with every character outside printable ASCII escaped (PATH_INFO is latin-1 decoded)."""
+    return "".join(char if " " <= char <= "~" else f"\\x{ord(char):02x}" for char in text)
 
 
 class GateServer(BaseApplication):  # type: ignore[misc]
@@ -24,6 +48,7 @@ class GateServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings, *, with_worker: bool, processes: int, threads: int) -> None:
         self._settings = settings
         self._with_worker = with_worker
+        self._database_slots = max(1, threads - PROBE_THREADS)
         self._stop = threading.Event()
         self._gate_worker: tuple[Worker, threading.Thread] | None = None
         self._options: dict[str, Any] = {
@@ -36,6 +61,7 @@ class GateServer(BaseApplication):  # type: ignore[misc]
             "accesslog": "-",
             "access_log_format": ACCESS_LOG_FORMAT,
             "errorlog": "-",
+            "logger_class": AccessLogger,
             "loglevel": settings.log_level.lower(),
             "worker_exit": self._stop_gate_worker,
         }
@@ -50,14 +76,16 @@ class GateServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set("control_socket_disable", True)
 
     def load(self) -> Flask:
-        runtime = build_runtime(self._settings)
+        # Its own engine: web requests wait less for the database than the worker does.
+        engine = make_engine(self._settings.database_url, lock_timeout_seconds=WEB_LOCK_TIMEOUT_SECONDS)
+        store = GateStore(engine, time.time)
         if not self._with_worker:
-            return create_app(self._settings, runtime.store)
-        worker = runtime.worker()
+            return create_app(self._settings, store, database_slots=self._database_slots)
+        worker = build_runtime(self._settings).worker()
         thread = threading.Thread(target=worker.run, args=(self._stop,), name="gate-worker", daemon=True)
         thread.start()
         self._gate_worker = (worker, thread)
-        return create_app(self._settings, runtime.store, on_new_work=worker.wakeup.set)
+        return create_app(self._settings, store, database_slots=self._database_slots, on_new_work=worker.wakeup.set)
 
     def _stop_gate_worker(self, _server: object, _process: object) -> None:
         """Let the in-process worker finish its current steps (bounded by gunicorn's graceful timeout)."""

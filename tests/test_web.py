@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +262,132 @@ def test_settings_with_other_deadline_are_used(store: GateStore, private_pem: st
     post_github(client, deployment_payload())
     gate = store.get(1)
     assert gate is not None and gate.deadline_at - gate.created_at == pytest.approx(3600.0)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"thread_id": "\ud800"},
+        {"task_id": "gh-1-\udfff"},
+        {"id": "thr\x00"},
+        {"thread_id": "thr\nINFO forged"},
+        {"thread_id": "t" * 201},
+        {"task_id": "t" * 121},
+    ],
+    ids=["surrogate-thread", "surrogate-task", "nul-id", "newline", "thread-too-long", "task-too-long"],
+)
+def test_stacksona_callback_with_unsafe_text_is_400(
+    client: FlaskClient, body: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The callback needs no secret: this text must never reach the database (it raised UnicodeEncodeError).
+    raw = json.dumps(body).encode()  # "\ud800" goes out as its JSON escape, as an attacker would send it
+    response = client.post("/webhooks/stacksona", data=raw, content_type="application/json")
+    assert response.status_code == 400 and "printable text" in response.json["error"]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [("token=cb-token%00", {}), ("", {"Authorization": "Bearer cb-token\x85"}), ("token=" + "x" * 5000, {})],
+    ids=["nul", "c1-control", "huge"],
+)
+def test_stacksona_callback_with_unsafe_token_is_401(
+    store: GateStore, private_pem: str, query: str, headers: dict[str, str]
+) -> None:
+    client = client_for(store, private_pem, stacksona_webhook_token=Secret("cb-token"))
+    response = client.post("/webhooks/stacksona", query_string=query, json={"thread_id": "x"}, headers=headers)
+    assert response.status_code == 401 and response.is_json
+
+
+@pytest.mark.parametrize(
+    "delivery", ["d-\ud800", "d-\x00", "d-\x1b[31m", "d" * 101], ids=["surrogate", "nul", "escape", "too-long"]
+)
+def test_unsafe_delivery_id_is_400(client: FlaskClient, store: GateStore, delivery: str) -> None:
+    response = post_github(client, deployment_payload(), delivery=delivery)
+    assert response.status_code == 400 and "X-GitHub-Delivery" in response.json["error"]
+    assert store.list_gates() == []
+
+
+def test_werkzeug_errors_answer_json(client: FlaskClient) -> None:
+    missing = client.get("/nope")
+    assert (missing.status_code, missing.json) == (404, {"error": "Not Found"})
+    wrong_method = client.get("/webhooks/github")
+    assert (wrong_method.status_code, wrong_method.json) == (405, {"error": "Method Not Allowed"})
+    assert "POST" in wrong_method.headers["Allow"]
+    too_large = client.post("/webhooks/stacksona", data=b"x" * (70 * 1024))
+    assert too_large.status_code == 413 and "larger than" in too_large.json["error"]
+
+
+def test_an_internal_fault_is_500_json_and_one_log_line(
+    client: FlaskClient, store: GateStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a bug, with\na second line")
+
+    monkeypatch.setattr(store, "accept", broken)
+    response = post_github(client, deployment_payload())
+    assert (response.status_code, response.json) == (500, {"error": "internal error"})
+    [line] = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert line.levelno == logging.ERROR and line.exc_info is None
+    assert "RuntimeError" in line.getMessage() and "\n" not in line.getMessage()
+
+
+def test_while_the_database_is_stuck_requests_beyond_the_slots_answer_503(
+    store: GateStore, private_pem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(API, "https://gate.example", private_pem, "sqlite://")
+    client = create_app(settings, store, database_slots=1).test_client()
+    entered, release = threading.Event(), threading.Event()
+    accept = store.accept
+
+    def waiting_accept(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(timeout=30)  # a database lock held elsewhere
+        return accept(*args, **kwargs)
+
+    monkeypatch.setattr(store, "accept", waiting_accept)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post_github, client, deployment_payload(), delivery="d-first")
+        assert entered.wait(timeout=30)
+        busy = post_github(client, deployment_payload(), delivery="d-second")
+        callback = client.post("/webhooks/stacksona", json={"thread_id": "thr_1"})
+        readiness, health = client.get("/readyz"), client.get("/healthz")
+        release.set()
+        assert first.result(timeout=30).status_code == 202
+    assert (busy.status_code, busy.json["outcome"]) == (503, "busy")
+    assert (callback.status_code, callback.json["outcome"]) == (503, "busy")
+    assert (readiness.status_code, health.status_code) == (503, 200)
+    assert store.delivery_ids(1) == ["d-first"]
+
+
+def test_a_burst_beyond_the_slots_is_stored_while_the_database_answers(
+    store: GateStore, private_pem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GitHub sends one delivery per job of a run, all at once: a slow but answering database stores them all.
+    settings = make_settings(API, "https://gate.example", private_pem, "sqlite://")
+    client = create_app(settings, store, database_slots=2).test_client()
+    accept = store.accept
+
+    def slow_accept(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.05)
+        return accept(*args, **kwargs)
+
+    monkeypatch.setattr(store, "accept", slow_accept)
+    deliveries = [f"d-{n}" for n in range(8)]
+    barrier = threading.Barrier(len(deliveries))
+
+    def send(delivery_id: str) -> int:
+        barrier.wait(timeout=30)
+        return int(post_github(client, deployment_payload(), delivery=delivery_id).status_code)
+
+    with ThreadPoolExecutor(len(deliveries)) as pool:
+        assert list(pool.map(send, deliveries)) == [202] * len(deliveries)
+    assert sorted(store.delivery_ids(1)) == deliveries
+
+
+@pytest.mark.parametrize(("lock_timeout", "busy_ms"), [(None, 30_000), (5.0, 5_000), (0.25, 250)])
+def test_sqlite_busy_timeout_follows_the_lock_timeout(tmp_path: Path, lock_timeout: float | None, busy_ms: int) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'busy.db'}", lock_timeout_seconds=lock_timeout)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == busy_ms
+    engine.dispose()

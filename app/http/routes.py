@@ -5,13 +5,17 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import traceback
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from werkzeug.exceptions import HTTPException
 
 from app.core.gate import OPEN_STATES
+from app.http.guards import DatabaseSlots, RejectedInput, clean_text
 from app.http.metrics import Metrics
 from app.http.payload import PayloadError, parse_deployment_request
 from app.http.signature import is_valid_signature
@@ -20,6 +24,14 @@ from app.store.gates import GateStore
 
 log = logging.getLogger(__name__)
 JsonReply = tuple[Response, int]
+Answer = tuple[int, dict[str, Any]]
+# Column widths in app/store/schema.py: a longer id cannot name a delivery or a gate.
+MAX_DELIVERY_ID = 100
+MAX_THREAD_ID = 200
+MAX_TASK_ID = 120
+_MAX_HEADER = 200
+DEFAULT_DATABASE_SLOTS = 6
+_BUSY: Answer = 503, {"error": "too many requests waiting on the database; retry later", "outcome": "busy"}
 
 
 def create_app(
@@ -28,25 +40,28 @@ def create_app(
     *,
     metrics: Metrics | None = None,
     on_new_work: Callable[[], None] = lambda: None,
+    database_slots: int = DEFAULT_DATABASE_SLOTS,
 ) -> Flask:
     app = Flask("app")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_webhook_bytes
     metrics = metrics or Metrics()
-    _add_webhooks(app, settings, store, metrics, on_new_work)
-    _add_probes(app, store, metrics)
-
-    @app.errorhandler(413)
-    def too_large(_error: Exception) -> JsonReply:
-        return jsonify({"error": f"body larger than {settings.max_webhook_bytes} bytes"}), 413
-
+    slots = DatabaseSlots(database_slots)
+    _add_webhooks(app, settings, store, slots, metrics, on_new_work)
+    _add_probes(app, store, slots, metrics)
+    _add_error_answers(app, settings)
     return app
 
 
 def _add_webhooks(
-    app: Flask, settings: Settings, store: GateStore, metrics: Metrics, on_new_work: Callable[[], None]
+    app: Flask,
+    settings: Settings,
+    store: GateStore,
+    slots: DatabaseSlots,
+    metrics: Metrics,
+    on_new_work: Callable[[], None],
 ) -> None:
-    def answer(handler: Callable[[Settings, GateStore], tuple[int, dict[str, Any]]], counter: str) -> JsonReply:
-        status, body = handler(settings, store)
+    def answer(handler: Callable[[Settings, GateStore, DatabaseSlots], Answer], counter: str) -> JsonReply:
+        status, body = handler(settings, store, slots)
         metrics.count(counter, body.get("outcome", str(status)))
         if status == 202:
             on_new_work()
@@ -61,38 +76,74 @@ def _add_webhooks(
         return answer(handle_stacksona_callback, "stacksona_gate_callbacks_total")
 
 
-def _add_probes(app: Flask, store: GateStore, metrics: Metrics) -> None:
+def _add_probes(app: Flask, store: GateStore, slots: DatabaseSlots, metrics: Metrics) -> None:
     @app.get("/healthz")
     def healthz() -> JsonReply:
         return jsonify({"status": "ok"}), 200
 
     @app.get("/readyz")
     def readyz() -> JsonReply:
-        try:
-            store.ping()
-        except SQLAlchemyError as exc:
-            log.warning("readiness check failed: %s", type(exc).__name__)
-            return jsonify({"status": "database unreachable"}), 503
+        with slots.held() as held:
+            if not held:
+                return jsonify({"status": "database busy"}), 503
+            try:
+                store.ping()
+            except SQLAlchemyError as exc:
+                log.warning("readiness check failed: %s", type(exc).__name__)
+                return jsonify({"status": "database unreachable"}), 503
         return jsonify({"status": "ready"}), 200
 
     @app.get("/metrics")
     def metrics_page() -> Response:
-        try:
-            by_state = store.count_by_state()
-        except SQLAlchemyError:
-            by_state = {}
+        by_state: dict[str, int] = {}
+        with slots.held() as held:
+            if held:
+                with suppress(SQLAlchemyError):
+                    by_state = store.count_by_state()
         return Response(metrics.render(by_state), mimetype="text/plain; version=0.0.4")
 
 
-def handle_github_delivery(settings: Settings, store: GateStore) -> tuple[int, dict[str, Any]]:
+def _add_error_answers(app: Flask, settings: Settings) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[Response, int, list[tuple[str, str]]]:
+        # Werkzeug answers its 400/404/405/413 in HTML; webhook senders read JSON.
+        code = error.code or 500
+        message = f"body larger than {settings.max_webhook_bytes} bytes" if code == 413 else error.name
+        headers = [(k, v) for k, v in error.get_headers() if k.lower() != "content-type"]
+        return jsonify({"error": message}), code, headers
+
+    @app.errorhandler(Exception)
+    def internal_error(error: Exception) -> JsonReply:
+        # One line, no request text in it; the traceback only at DEBUG.
+        frames = traceback.extract_tb(error.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        log.error("internal error in %s: %s at %s", request.endpoint or "routing", type(error).__name__, where)
+        log.debug("internal error traceback", exc_info=error)
+        return jsonify({"error": "internal error"}), 500
+
+
+def _header(name: str, limit: int = _MAX_HEADER) -> str:
+    """A header's text, "" when absent; RejectedInput when present but not clean text."""
+    raw = request.headers.get(name)
+    if raw is None or not raw.strip(" \t"):
+        return ""
+    text = clean_text(raw, limit=limit)
+    if text is None:
+        raise RejectedInput(f"{name} header is longer than {limit} characters or not printable text")
+    return text
+
+
+def handle_github_delivery(settings: Settings, store: GateStore, slots: DatabaseSlots) -> Answer:
     body = _read_body(settings.max_webhook_bytes)
     if body is None:
         return 413, {"error": f"body larger than {settings.max_webhook_bytes} bytes", "outcome": "too_large"}
-    secret = settings.github_webhook_secret.reveal()
-    if not is_valid_signature(secret, body, request.headers.get("X-Hub-Signature-256")):
+    signature = clean_text(request.headers.get("X-Hub-Signature-256", ""), limit=_MAX_HEADER)
+    if not is_valid_signature(settings.github_webhook_secret.reveal(), body, signature):
         return 401, {"error": "missing or invalid X-Hub-Signature-256", "outcome": "bad_signature"}
-    event = request.headers.get("X-GitHub-Event", "")
-    delivery_id = request.headers.get("X-GitHub-Delivery", "").strip()
+    try:
+        event, delivery_id = _header("X-GitHub-Event"), _header("X-GitHub-Delivery", MAX_DELIVERY_ID)
+    except RejectedInput as exc:
+        return _rejected(str(exc), delivery_id=None)
     if event == "ping":
         return 200, {"outcome": "pong"}
     if event != "deployment_protection_rule":
@@ -100,15 +151,20 @@ def handle_github_delivery(settings: Settings, store: GateStore) -> tuple[int, d
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):
-        return 400, {"error": "body is not valid JSON", "outcome": "bad_request"}
+        return _rejected("body is not valid JSON", delivery_id)
     if not isinstance(payload, dict):
-        return 400, {"error": "body must be a JSON object", "outcome": "bad_request"}
-    action = payload.get("action")
-    if action != "requested":
+        return _rejected("body must be a JSON object", delivery_id)
+    if (action := payload.get("action")) != "requested":
         return 200, {"outcome": "ignored", "reason": f"action {action!r} is not handled"}
-    if not delivery_id or len(delivery_id) > 100:
-        return 400, {"error": "X-GitHub-Delivery header is missing or too long", "outcome": "bad_request"}
-    return _store_delivery(settings, store, delivery_id, payload)
+    if not delivery_id:
+        return _rejected("X-GitHub-Delivery header is missing", delivery_id)
+    return _store_delivery(settings, store, slots, delivery_id, payload)
+
+
+def _rejected(error: str, delivery_id: str | None) -> Answer:
+    # Signed by GitHub yet unusable: a deployment waits on a gate that will never open.
+    log.warning("delivery %s rejected: %s", delivery_id or "<no id>", error)
+    return 400, {"error": error, "outcome": "bad_request"}
 
 
 def _read_body(limit: int) -> bytes | None:
@@ -127,17 +183,22 @@ def _read_body(limit: int) -> bytes | None:
 
 
 def _store_delivery(
-    settings: Settings, store: GateStore, delivery_id: str, payload: object
-) -> tuple[int, dict[str, Any]]:
+    settings: Settings, store: GateStore, slots: DatabaseSlots, delivery_id: str, payload: object
+) -> Answer:
     try:
         deployment = parse_deployment_request(payload, settings.github_api_url)
     except PayloadError as exc:
-        return 400, {"error": str(exc), "outcome": "bad_request"}
-    try:
-        gate_id, outcome = store.accept(delivery_id, deployment, deadline_seconds=settings.gate_deadline_seconds)
-    except SQLAlchemyError as exc:
-        log.error("delivery %s not stored: %s", delivery_id, type(exc).__name__)
-        return 503, {"error": "cannot store the delivery right now; redeliver it", "outcome": "unavailable"}
+        return _rejected(str(exc), delivery_id)
+    with slots.held() as held:
+        if not held:
+            log.warning("delivery %s not stored: every database slot is busy", delivery_id)
+            return _BUSY
+        try:
+            gate_id, outcome = store.accept(delivery_id, deployment, deadline_seconds=settings.gate_deadline_seconds)
+        except SQLAlchemyError as exc:
+            # The transaction rolled back: GitHub may redeliver, nothing was stored.
+            log.error("delivery %s not stored: %s", delivery_id, _reason(exc))
+            return 503, {"error": "cannot store the delivery right now; redeliver it", "outcome": "unavailable"}
     log.info(
         "delivery %s for %s run %s [%s]: gate %s %s",
         delivery_id,
@@ -150,20 +211,35 @@ def _store_delivery(
     return 202, {"gate_id": gate_id, "outcome": str(outcome)}
 
 
-def handle_stacksona_callback(settings: Settings, store: GateStore) -> tuple[int, dict[str, Any]]:
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's first line ("database is locked", "canceling statement due to lock timeout")."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        lines = str(exc.orig).strip().splitlines()
+        return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+    return type(exc).__name__
+
+
+def handle_stacksona_callback(settings: Settings, store: GateStore, slots: DatabaseSlots) -> Answer:
     if settings.stacksona_webhook_token and not _has_callback_token(settings.stacksona_webhook_token.reveal()):
         return 401, {"error": "missing or wrong callback token", "outcome": "bad_token"}
     data = _json_body()
     if not isinstance(data, dict):
         return 400, {"error": "body must be a JSON object", "outcome": "bad_request"}
-    thread_id, task_id = _text(data.get("thread_id") or data.get("id")), _text(data.get("task_id"))
+    try:
+        thread_id = _callback_id(data.get("thread_id") or data.get("id"), "thread_id", MAX_THREAD_ID)
+        task_id = _callback_id(data.get("task_id"), "task_id", MAX_TASK_ID)
+    except RejectedInput as exc:
+        return 400, {"error": str(exc), "outcome": "bad_request"}
     if not thread_id and not task_id:
         return 400, {"error": "thread_id or task_id is required", "outcome": "bad_request"}
-    try:
-        gate = store.wake(thread_id=thread_id, task_id=task_id)
-    except SQLAlchemyError as exc:
-        log.error("callback not handled: %s", type(exc).__name__)
-        return 503, {"error": "database unavailable", "outcome": "unavailable"}
+    with slots.held() as held:
+        if not held:
+            return _BUSY
+        try:
+            gate = store.wake(thread_id=thread_id, task_id=task_id)
+        except SQLAlchemyError as exc:
+            log.error("callback not handled: %s", _reason(exc))
+            return 503, {"error": "database unavailable", "outcome": "unavailable"}
     if gate is None:
         return 404, {"error": "no gate for this thread", "outcome": "unknown_thread"}
     # The callback is unsigned: it only makes the gate poll Stacksona now;
@@ -186,9 +262,18 @@ def _has_callback_token(expected: str) -> bool:
     given = request.args.get("token", "")
     auth = request.headers.get("Authorization", "")
     if auth.startswith("Bearer "):
-        given = given or auth.removeprefix("Bearer ").strip()
-    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+        given = given or auth.removeprefix("Bearer ")
+    token = clean_text(given, limit=_MAX_HEADER)
+    return token is not None and hmac.compare_digest(token.encode(), expected.encode())
 
 
-def _text(value: object) -> str | None:
-    return str(value).strip() or None if isinstance(value, str | int) and not isinstance(value, bool) else None
+def _callback_id(value: object, name: str, limit: int) -> str | None:
+    """A callback's id as text, None when absent or of another type; RejectedInput when unsafe."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text = str(value)
+    if not text.strip(" \t"):
+        return None
+    if (clean := clean_text(text, limit=limit)) is None:
+        raise RejectedInput(f"{name} is longer than {limit} characters or not printable text")
+    return clean

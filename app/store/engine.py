@@ -12,18 +12,29 @@ from sqlalchemy import Engine, create_engine, event
 # Execution option marking a connection that only reads (see the SQLite engine).
 READ_ONLY = "stacksona_read_only"
 _MIGRATION_LOCK_ID = 0x5A7E_6A7E
+PATIENT_LOCK_WAIT_SECONDS = 30.0
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, lock_timeout_seconds: float | None = None, **kwargs: Any) -> Engine:
+    """An engine for `url`; `lock_timeout_seconds` bounds how long one statement waits for another writer.
+
+    None keeps the patient default (SQLite: 30 s busy timeout; PostgreSQL: no
+    limit), which suits the worker. A web process must answer GitHub within
+    10 s, so it passes less and answers 503 when the wait runs out.
+    """
     if url.startswith("sqlite"):
-        return _sqlite_engine(url, **kwargs)
+        return _sqlite_engine(url, lock_timeout_seconds or PATIENT_LOCK_WAIT_SECONDS, **kwargs)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    if lock_timeout_seconds is not None:
+        _bound_postgresql_waits(engine, lock_timeout_seconds)
+    return engine
 
 
-def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+def _sqlite_engine(url: str, busy_timeout_seconds: float, **kwargs: Any) -> Engine:
+    connect_args = {"check_same_thread": False, "timeout": busy_timeout_seconds} | kwargs.pop("connect_args", {})
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -34,17 +45,37 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={_milliseconds(busy_timeout_seconds)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         # Readers take no write lock: under WAL they never block the writer.
+        # A writer waits (busy timeout) here only: once BEGIN IMMEDIATE holds
+        # the lock, no later statement of the transaction waits again.
         read_only = connection.get_execution_options().get(READ_ONLY, False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _bound_postgresql_waits(engine: Engine, seconds: float) -> None:
+    bound = {"ms": str(_milliseconds(seconds))}
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # Per transaction (like SET LOCAL), so it holds behind a transaction-pooling
+        # PgBouncer too. A row lock held elsewhere ends this statement with an
+        # error after `seconds`; the transaction rolls back, nothing is stored.
+        connection.exec_driver_sql(
+            "SELECT set_config('lock_timeout', %(ms)s, true), set_config('statement_timeout', %(ms)s, true)",
+            bound,
+        )
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def migrate(engine: Engine) -> None:
