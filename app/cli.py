@@ -18,7 +18,7 @@ from app.core.gate import OPEN_STATES
 from app.gates_report import gate_detail, gate_table
 from app.runtime import build_runtime, configure_logging, open_database
 from app.settings import Settings, SettingsError, database_url, load_settings, merged_environment
-from app.store.gates import GateStore
+from app.store import Store
 
 log = logging.getLogger("app.cli")
 
@@ -102,15 +102,15 @@ def _worker(_args: argparse.Namespace) -> int:
 
 def _gates(args: argparse.Namespace) -> int:
     env = merged_environment(os.environ, Path(".env"))
-    store = GateStore(open_database(database_url(env), create=False), time.time)
+    store = Store.open(open_database(database_url(env), create=False), time.time)
     if args.gate_id is not None:
-        gate = store.get(args.gate_id)
+        gate = store.gates.get(args.gate_id)
         if gate is None:
             print(f"stacksona-gate: no gate {args.gate_id}", file=sys.stderr)
             return 1
-        print(gate_detail(gate, store.history(gate.id), store.delivery_ids(gate.id)))
+        print(gate_detail(gate, store.gates.history(gate.id), store.deliveries.delivery_ids(gate.id)))
         return 0
-    print(gate_table(store.list_gates(limit=args.limit, states=OPEN_STATES if args.open else ())))
+    print(gate_table(store.gates.list_gates(limit=args.limit, states=OPEN_STATES if args.open else ())))
     return 0
 
 

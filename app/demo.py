@@ -196,13 +196,15 @@ def _check_exactly_once(world: DemoWorld) -> list[Scenario]:
 
 
 def _summary(world: DemoWorld, failures: list[Scenario]) -> None:
-    from app.store.gates import GateStore
+    from app.store import Store
 
     engine = make_engine(world.settings.database_url)
-    store = GateStore(engine, time.time)
-    print("\n" + gate_table(store.list_gates()) + "\n")
-    production = next(g for g in store.list_gates() if g.environment == "production")
-    print(gate_detail(production, store.history(production.id), store.delivery_ids(production.id)) + "\n")
+    store = Store.open(engine, time.time)
+    print("\n" + gate_table(store.gates.list_gates()) + "\n")
+    production = next(g for g in store.gates.list_gates() if g.environment == "production")
+    print(
+        gate_detail(production, store.gates.history(production.id), store.deliveries.delivery_ids(production.id)) + "\n"
+    )
     engine.dispose()
     verdict = "all outcomes as expected" if not failures else f"{len(failures)} outcome(s) wrong"
     print(f"demo: {verdict}", flush=True)

@@ -15,8 +15,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from app.clients.github import GitHubClient
 from app.clients.stacksona import StacksonaClient
 from app.settings import Settings, SettingsError
+from app.store import Store
 from app.store.engine import make_engine, migrate
-from app.store.gates import GateStore
 from app.worker.loop import Worker
 from app.worker.services import Services
 
@@ -25,7 +25,7 @@ from app.worker.services import Services
 class Runtime:
     settings: Settings
     engine: Engine
-    store: GateStore
+    store: Store
     services: Services
 
     def worker(self, *, idle_seconds: float = 0.5) -> Worker:
@@ -40,7 +40,7 @@ class Runtime:
 def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtime:
     """Everything a process needs; the schema must already be migrated (see `cli.open_database`)."""
     engine = engine or make_engine(settings.database_url)
-    store = GateStore(engine, time.time)
+    store = Store.open(engine, time.time)
     services = build_services(settings, clock=time.time, rand=random.random)
     return Runtime(settings, engine, store, services)
 

@@ -13,8 +13,8 @@ from gunicorn.glogging import Logger
 from app.http.routes import create_app
 from app.runtime import build_runtime
 from app.settings import Settings
+from app.store import Store
 from app.store.engine import make_engine
-from app.store.gates import GateStore
 from app.worker.loop import Worker
 
 GRACEFUL_SECONDS = 30
@@ -78,7 +78,7 @@ class GateServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Flask:
         # Its own engine: web requests wait less for the database than the worker does.
         engine = make_engine(self._settings.database_url, lock_timeout_seconds=WEB_LOCK_TIMEOUT_SECONDS)
-        store = GateStore(engine, time.time)
+        store = Store.open(engine, time.time)
         if not self._with_worker:
             return create_app(self._settings, store, database_slots=self._database_slots)
         worker = build_runtime(self._settings).worker()

@@ -25,8 +25,8 @@ from app.settings import DEFAULT_WORKER_LEASE_SECONDS
 from app.simulators._server import LoopbackServer
 from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
+from app.store import Store
 from app.store.engine import make_engine, migrate
-from app.store.gates import GateStore
 from tests.conftest import POSTGRES_URL_VARIABLE
 from tests.world import API_KEY, APP_ID, OWNER, REPO, WEBHOOK_SECRET, make_settings, wait_for
 
@@ -103,9 +103,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def site(
-    tmp_path: Path, database_url: str, private_pem: str, public_pem: bytes
-) -> Iterator[tuple[Site, str, GateStore]]:
+def site(tmp_path: Path, database_url: str, private_pem: str, public_pem: bytes) -> Iterator[tuple[Site, str, Store]]:
     with (
         GitHubSimulator(app_id=APP_ID, public_key_pem=public_pem) as github,
         StacksonaSimulator(api_key=API_KEY) as stacksona,
@@ -113,7 +111,7 @@ def site(
         s = Site(tmp_path, database_url, private_pem, github, stacksona)
         engine: Engine = make_engine(database_url)
         migrate(engine)
-        store = GateStore(engine, time.time)
+        store = Store.open(engine, time.time)
         try:
             with LoopbackServer(create_app(s.settings, store)) as web:
                 yield s, web.base_url + "/webhooks/github", store
@@ -130,16 +128,16 @@ def deliver_gates(s: Site, webhook_url: str) -> None:
         assert s.github.deliver(webhook_url, payload, secret=WEBHOOK_SECRET).status_code == 202
 
 
-def leased(store: GateStore) -> list[int]:
-    return [g.id for g in store.list_gates() if g.lease_owner is not None and g.state is GateState.NEW]
+def leased(store: Store) -> list[int]:
+    return [g.id for g in store.gates.list_gates() if g.lease_owner is not None and g.state is GateState.NEW]
 
 
-def all_closed(store: GateStore) -> bool:
-    return all(g.state in FINAL_STATES for g in store.list_gates())
+def all_closed(store: Store) -> bool:
+    return all(g.state in FINAL_STATES for g in store.gates.list_gates())
 
 
 def test_a_worker_claims_only_what_it_runs_and_a_restart_recovers_within_30s(
-    site: tuple[Site, str, GateStore],
+    site: tuple[Site, str, Store],
 ) -> None:
     s, webhook_url, store = site
     s.stacksona.hold("create")  # every Stacksona request stays in flight
@@ -148,7 +146,7 @@ def test_a_worker_claims_only_what_it_runs_and_a_restart_recovers_within_30s(
     wait_for(lambda: s.stacksona.held("create") == 2 or None, timeout=30)
     time.sleep(0.5)  # a claim of more gates than threads would show now; none may come
     # Two threads: two gates in flight, the other four never leased to the worker about to die.
-    assert len(leased(store)) == 2, [(g.id, g.lease_owner) for g in store.list_gates()]
+    assert len(leased(store)) == 2, [(g.id, g.lease_owner) for g in store.gates.list_gates()]
     assert first.send_signal(signal.SIGKILL) is None and first.wait(timeout=15) == -signal.SIGKILL
     s.stacksona.release("create")
     killed_at = time.monotonic()
@@ -161,7 +159,7 @@ def test_a_worker_claims_only_what_it_runs_and_a_restart_recovers_within_30s(
     assert sorted(len(s.github.final_reviews(run_id=500 + n)) for n in range(len(ENVIRONMENTS))) == [1] * 6
 
 
-def test_another_replica_takes_over_without_a_restart(site: tuple[Site, str, GateStore], database_url: str) -> None:
+def test_another_replica_takes_over_without_a_restart(site: tuple[Site, str, Store], database_url: str) -> None:
     if database_url.startswith("sqlite"):
         pytest.skip("several worker replicas need PostgreSQL (FOR UPDATE SKIP LOCKED)")
     s, webhook_url, store = site
@@ -170,7 +168,7 @@ def test_another_replica_takes_over_without_a_restart(site: tuple[Site, str, Gat
     replicas = [s.start_worker(), s.start_worker()]
     wait_for(lambda: s.stacksona.held("create") == 4 or None, timeout=30)
     victim = replicas[0]
-    victims_gates = [g.id for g in store.list_gates() if g.lease_owner and f":{victim.pid}:" in g.lease_owner]
+    victims_gates = [g.id for g in store.gates.list_gates() if g.lease_owner and f":{victim.pid}:" in g.lease_owner]
     assert len(victims_gates) == 2
     victim.kill()
     assert victim.wait(timeout=15) == -signal.SIGKILL

@@ -194,14 +194,14 @@ def test_duplicate_and_burst_deliveries_make_one_decision_and_one_review(world: 
     for t in threads:
         t.join()
     assert codes == [202] * len(delivery_ids)
-    assert len(world.store.list_gates()) == 1
+    assert len(world.store.gates.list_gates()) == 1
     world.settle()
     late = world.deliver(payload)  # a late duplicate (new delivery id) after the decision
     assert late.status_code == 202 and late.json()["outcome"] == "duplicate"
     world.settle()
     assert len(world.stacksona.requests) == 1
     assert world.final_states() == ["approved"]
-    assert [g.state for g in world.store.list_gates()] == ["approved"]
+    assert [g.state for g in world.store.gates.list_gates()] == ["approved"]
 
 
 def test_rerun_of_a_decided_run_opens_a_new_gate(world: World) -> None:
@@ -382,13 +382,13 @@ def test_one_failing_gate_never_stops_the_worker(world: World, monkeypatch: pyte
     def broken_apply(*_args: object) -> bool:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(world.store, "apply", broken_apply)
+    monkeypatch.setattr(world.store.gates, "apply", broken_apply)
     assert world.worker.run_once() == 1  # the failure is logged, not raised
     monkeypatch.undo()
     world.later(world.settings.worker_lease_seconds + 1)  # the lease expires; the gate reruns
     # The rerun looks the task up (its create may have reached Stacksona) and adopts the thread.
     assert world.final_states() == ["approved"]
-    [gate] = world.store.list_gates()
+    [gate] = world.store.gates.list_gates()
     assert gate.state == "approved"
     assert len(world.stacksona.requests) == 1 and world.stacksona.replays == 0
     assert world.stacksona.lookups == [gate.task_id]
@@ -413,7 +413,7 @@ def test_a_job_joining_while_the_review_is_sent_is_answered_too(world: World, mo
     world.settle()
     assert joined == ["joined"]
     assert world.final_states() == ["approved", "approved"]  # the second job is answered too
-    assert world.store.list_gates()[0].state == "approved"
+    assert world.store.gates.list_gates()[0].state == "approved"
     assert any("answered once more" in h.reason for h in world.history(1))
 
 
@@ -435,7 +435,7 @@ def test_answering_again_with_nothing_pending_keeps_the_verdict(world: World, mo
     world.settle()
     assert [r.status for r in world.github.reviews] == [204, 422]
     assert world.final_states() == ["approved"]
-    assert world.store.list_gates()[0].state == "approved"
+    assert world.store.gates.list_gates()[0].state == "approved"
 
 
 def crash_after_the_call(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -444,7 +444,7 @@ def crash_after_the_call(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     def dies(*_args: object) -> bool:
         raise RuntimeError("SIGKILL")
 
-    monkeypatch.setattr(world.store, "apply", dies)
+    monkeypatch.setattr(world.store.gates, "apply", dies)
     assert world.worker.run_once() == 1
     monkeypatch.undo()
 
@@ -499,7 +499,7 @@ def test_a_worker_that_lost_its_lease_never_validates(world: World) -> None:
     gate_id = world.deploy("production")
     world.settle()
     world.stacksona.decide(world.stacksona.pending_threads()[0], "approved", message="ok")
-    [gate] = world.store.claim_due("slow-worker", limit=1, lease_seconds=1)
+    [gate] = world.store.gates.claim_due("slow-worker", limit=1, lease_seconds=1)
     world.clock.advance(2)  # the slow worker's lease ran out; another worker takes the gate
     world.settle()
     world.worker.process(gate)  # the slow worker wakes up: it must not spend the token again
@@ -512,7 +512,7 @@ def refuse_to_store(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     def database_down(*_args: object, **_kwargs: object) -> Any:
         raise OperationalError("INSERT", {}, Exception("database is locked"))
 
-    monkeypatch.setattr(world.store, "accept", database_down)
+    monkeypatch.setattr(world.store.deliveries, "accept", database_down)
 
 
 def test_a_delivery_refused_with_503_is_redelivered_and_gated(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -521,13 +521,13 @@ def test_a_delivery_refused_with_503_is_redelivered_and_gated(world: World, monk
     assert world.deliver(world.open("api")).status_code == 503
     monkeypatch.undo()  # the database is back; GitHub will not resend by itself
 
-    assert redeliver_lost_deliveries(world.store, world.services) == 1
+    assert redeliver_lost_deliveries(world.store.deliveries, world.services) == 1
     [first, again] = wait_for(lambda: world.github.deliveries if len(world.github.deliveries) == 2 else None)
     assert (again.guid, again.redelivery, again.status_code) == (first.guid, True, 202)
     world.settle()
     assert world.final_states() == ["approved"]
     # Nothing is left to recover: the GUID is stored now.
-    assert redeliver_lost_deliveries(world.store, world.services) == 0
+    assert redeliver_lost_deliveries(world.store.deliveries, world.services) == 0
 
 
 def test_only_lost_protection_rule_deliveries_are_redelivered(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -535,13 +535,13 @@ def test_only_lost_protection_rule_deliveries_are_redelivered(world: World, monk
     assert world.deliver(world.open("api", run_id=43), event="ping").status_code == 200
     bad = world.open("api", run_id=44) | {"deployment_callback_url": "https://evil.example/x"}
     assert world.deliver(bad).status_code == 400  # our own refusal: sending it again cannot help
-    assert redeliver_lost_deliveries(world.store, world.services) == 0
+    assert redeliver_lost_deliveries(world.store.deliveries, world.services) == 0
     assert len(world.github.deliveries) == 3
 
 
 def test_redelivery_gives_up_when_github_cannot_list(world: World) -> None:
     world.github.fail_next("deliveries", 500)
-    assert redeliver_lost_deliveries(world.store, world.services) == 0
+    assert redeliver_lost_deliveries(world.store.deliveries, world.services) == 0
 
 
 def test_the_worker_loop_recovers_lost_deliveries(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,8 +26,8 @@ from app.http.guards import clean_text
 from app.http.routes import create_app
 from app.http.signature import sign
 from app.server import AccessLogger, printable
+from app.store import Store
 from app.store.engine import make_engine, migrate
-from app.store.gates import GateStore
 from tests.test_payload import payload as deployment_payload
 from tests.world import WEBHOOK_SECRET, make_settings
 
@@ -100,14 +100,14 @@ QUERIES = st.one_of(
 
 
 @pytest.fixture
-def empty_store(tmp_path: Path) -> Iterator[GateStore]:
+def empty_store(tmp_path: Path) -> Iterator[Store]:
     engine = make_engine(f"sqlite:///{tmp_path / 'fuzz.db'}")
     migrate(engine)
-    yield GateStore(engine, time.time)
+    yield Store.open(engine, time.time)
     engine.dispose()
 
 
-def client_for(store: GateStore, private_pem: str, **overrides: Any) -> FlaskClient:
+def client_for(store: Store, private_pem: str, **overrides: Any) -> FlaskClient:
     settings_ = make_settings(API, "https://gate.example", private_pem, "sqlite://", **overrides)
     return create_app(settings_, store).test_client()
 
@@ -127,7 +127,7 @@ def assert_logs_stay_quiet(caplog: pytest.LogCaptureFixture) -> None:
 
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_unsigned_input_is_never_5xx_and_stores_nothing(
-    empty_store: GateStore, private_pem: str, caplog: pytest.LogCaptureFixture, path: str
+    empty_store: Store, private_pem: str, caplog: pytest.LogCaptureFixture, path: str
 ) -> None:
     client = client_for(empty_store, private_pem)
 
@@ -135,7 +135,7 @@ def test_unsigned_input_is_never_5xx_and_stores_nothing(
     @given(body=BODIES[path], headers=HEADER_SETS, query=QUERIES)
     def post(body: bytes, headers: list[tuple[str, str]], query: str) -> None:
         assert_answered_as_json(client.post(path, query_string=query, data=body, headers=headers))
-        assert empty_store.list_gates() == []
+        assert empty_store.gates.list_gates() == []
 
     with caplog.at_level(logging.INFO):
         post()
@@ -143,7 +143,7 @@ def test_unsigned_input_is_never_5xx_and_stores_nothing(
 
 
 def test_callbacks_behind_a_token_are_never_5xx(
-    empty_store: GateStore, private_pem: str, caplog: pytest.LogCaptureFixture
+    empty_store: Store, private_pem: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = client_for(empty_store, private_pem, stacksona_webhook_token=Secret("cb-token"))
 
@@ -155,7 +155,7 @@ def test_callbacks_behind_a_token_are_never_5xx(
     with caplog.at_level(logging.INFO):
         post()
     assert_logs_stay_quiet(caplog)
-    assert empty_store.list_gates() == []
+    assert empty_store.gates.list_gates() == []
 
 
 def hostile(safe: str, unsafe: str, at: float) -> str:
@@ -192,7 +192,7 @@ def with_hostile_field(field: tuple[str, ...], text: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("field", SIGNED_FIELDS, ids=".".join)
 def test_signed_delivery_with_a_hostile_field_is_400(
-    empty_store: GateStore, private_pem: str, caplog: pytest.LogCaptureFixture, field: tuple[str, ...]
+    empty_store: Store, private_pem: str, caplog: pytest.LogCaptureFixture, field: tuple[str, ...]
 ) -> None:
     client = client_for(empty_store, private_pem)
     examples = max(10, FUZZ.max_examples // len(SIGNED_FIELDS))
@@ -213,12 +213,12 @@ def test_signed_delivery_with_a_hostile_field_is_400(
     with caplog.at_level(logging.INFO):
         post()
     assert_logs_stay_quiet(caplog)
-    assert empty_store.list_gates() == []
+    assert empty_store.gates.list_gates() == []
 
 
 @pytest.mark.parametrize("header", ["X-GitHub-Delivery", "X-GitHub-Event"])
 def test_signed_delivery_with_a_hostile_header_is_400(
-    empty_store: GateStore, private_pem: str, caplog: pytest.LogCaptureFixture, header: str
+    empty_store: Store, private_pem: str, caplog: pytest.LogCaptureFixture, header: str
 ) -> None:
     client = client_for(empty_store, private_pem)
     raw = json.dumps(deployment_payload()).encode()
@@ -240,11 +240,11 @@ def test_signed_delivery_with_a_hostile_header_is_400(
     with caplog.at_level(logging.INFO):
         post()
     assert_logs_stay_quiet(caplog)
-    assert empty_store.list_gates() == []
+    assert empty_store.gates.list_gates() == []
 
 
 def test_signed_arbitrary_bodies_are_never_5xx(
-    empty_store: GateStore, private_pem: str, caplog: pytest.LogCaptureFixture
+    empty_store: Store, private_pem: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = client_for(empty_store, private_pem)
 

@@ -13,18 +13,18 @@ from sqlalchemy import Engine
 
 from app.http.routes import create_app
 from app.http.signature import sign
-from app.store.gates import GateStore
+from app.store import Store
 from tests.test_payload import API, CANONICAL, fixture, payload
 from tests.world import WEBHOOK_SECRET, make_settings
 
 
 @pytest.fixture
-def store(engine: Engine) -> GateStore:
-    return GateStore(engine, time.time)
+def store(engine: Engine) -> Store:
+    return Store.open(engine, time.time)
 
 
 @pytest.fixture
-def client(store: GateStore, private_pem: str) -> FlaskClient:
+def client(store: Store, private_pem: str) -> FlaskClient:
     settings = make_settings(API, "https://gate.example", private_pem, "sqlite://")
     return create_app(settings, store).test_client()
 
@@ -62,28 +62,28 @@ HOSTILE = {
 
 @pytest.mark.parametrize(("body", "field"), HOSTILE.values(), ids=HOSTILE.keys())
 def test_hostile_strings_are_400_naming_the_field_and_store_nothing(
-    client: FlaskClient, store: GateStore, caplog: pytest.LogCaptureFixture, body: dict[str, Any], field: str
+    client: FlaskClient, store: Store, caplog: pytest.LogCaptureFixture, body: dict[str, Any], field: str
 ) -> None:
     with caplog.at_level(logging.WARNING):
         response = post_signed(client, body)
     assert response.status_code == 400, response.get_data(as_text=True)
     assert field in response.json["error"]
-    assert store.list_gates() == []
+    assert store.gates.list_gates() == []
     assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
 
 
 @pytest.mark.parametrize(("shape", "ref"), [("captured", "main"), ("schema", "master")])
 def test_both_real_delivery_shapes_are_stored_with_their_ref(
-    client: FlaskClient, store: GateStore, shape: str, ref: str
+    client: FlaskClient, store: Store, shape: str, ref: str
 ) -> None:
     response = post_signed(client, fixture(shape))
     assert response.status_code == 202, response.json
-    [gate] = store.list_gates()
+    [gate] = store.gates.list_gates()
     assert (gate.ref, gate.sha) == (ref, "f95f852bd8fca8fcc58a9a2d6c842781e32a215e")
 
 
-def test_non_ascii_names_are_stored_intact(client: FlaskClient, store: GateStore) -> None:
+def test_non_ascii_names_are_stored_intact(client: FlaskClient, store: Store) -> None:
     response = post_signed(client, payload(environment="prød 🚀", sender={"login": "zoë"}))
     assert response.status_code == 202, response.json
-    [gate] = store.list_gates()
+    [gate] = store.gates.list_gates()
     assert (gate.environment, gate.actor) == ("prød 🚀", "zoë")

@@ -27,8 +27,8 @@ from sqlalchemy import Engine, text
 
 from app.http.routes import create_app
 from app.http.signature import sign
+from app.store import Store
 from app.store.engine import make_engine
-from app.store.gates import GateStore
 from tests.test_payload import payload as deployment_payload
 from tests.test_serve_process import free_port
 from tests.world import API_KEY, APP_ID, WEBHOOK_SECRET, make_settings, wait_for
@@ -176,7 +176,7 @@ def test_a_postgresql_row_lock_answers_503_in_time_and_stores_nothing(engine: En
         lock_timeout_seconds=1.0,
     )
     settings = make_settings("https://api.github.com", "https://gate.example", private_pem, "postgresql://")
-    client = create_app(settings, GateStore(web_engine, time.time)).test_client()
+    client = create_app(settings, Store.open(web_engine, time.time)).test_client()
     assert _post(client, "d-open").status_code == 202
     try:
         with engine.connect() as holder:  # a worker closing the gate, stuck mid-transaction
@@ -186,7 +186,7 @@ def test_a_postgresql_row_lock_answers_503_in_time_and_stores_nothing(engine: En
             elapsed = time.monotonic() - started
             holder.rollback()
         assert blocked.status_code == 503 and elapsed < WEBHOOK_BOUND
-        assert GateStore(engine, time.time).delivery_ids(1) == ["d-open"]
+        assert Store.open(engine, time.time).deliveries.delivery_ids(1) == ["d-open"]
         assert _post(client, "d-join").status_code == 202  # GitHub's redelivery, once the lock is gone
     finally:
         web_engine.dispose()

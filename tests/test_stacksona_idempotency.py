@@ -60,7 +60,7 @@ def crash_after_the_call(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     def dies(*_args: object) -> bool:
         raise RuntimeError("SIGKILL")
 
-    monkeypatch.setattr(world.store, "apply", dies)
+    monkeypatch.setattr(world.store.gates, "apply", dies)
     assert world.worker.run_once() == 1
     monkeypatch.undo()
 
@@ -138,7 +138,7 @@ def test_a_worker_killed_between_create_sent_and_result_stored(world: World, mon
 def test_a_worker_whose_lease_ran_out_mid_create_never_adds_a_thread(world: World) -> None:
     gate_id = world.deploy("production")
     lease = world.settings.worker_lease_seconds
-    [slow] = world.store.claim_due("slow-worker", limit=1, lease_seconds=lease)
+    [slow] = world.store.gates.claim_due("slow-worker", limit=1, lease_seconds=lease)
     world.stacksona.stall_next_create()
     in_flight = threading.Thread(target=world.worker.process, args=(slow,))
     in_flight.start()

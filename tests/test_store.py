@@ -1,4 +1,4 @@
-"""GateStore against real databases: accept/dedup/join, leases, apply, wake, queries.
+"""Store against real databases: accept/dedup/join, leases, apply, wake, queries.
 
 Every test runs on SQLite and (when configured) PostgreSQL through the `engine`
 fixture; time comes from a controllable fake clock.
@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from app.core.gate import AcceptOutcome, Change, DeploymentRequest, Gate, GateState, HistoryEntry
-from app.store.gates import GateStore
+from app.store import Store
 from app.store.schema import gates
 
 START = 1_700_000_000.0
@@ -57,12 +57,12 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(engine: Engine, clock: FakeClock) -> GateStore:
-    return GateStore(engine, clock)
+def store(engine: Engine, clock: FakeClock) -> Store:
+    return Store.open(engine, clock)
 
 
-def accept(store: GateStore, delivery_id: str, **request: Any) -> tuple[int, AcceptOutcome]:
-    return store.accept(delivery_id, make_request(**request), deadline_seconds=DEADLINE)
+def accept(store: Store, delivery_id: str, **request: Any) -> tuple[int, AcceptOutcome]:
+    return store.deliveries.accept(delivery_id, make_request(**request), deadline_seconds=DEADLINE)
 
 
 def column(engine: Engine, gate_id: int, name: str) -> Any:
@@ -75,21 +75,21 @@ def gate_count(engine: Engine) -> int:
         return len(conn.execute(select(gates.c.id)).all())
 
 
-def claim_one(store: GateStore, owner: str = "w1", lease_seconds: float = LEASE) -> Gate:
-    claimed = store.claim_due(owner, limit=1, lease_seconds=lease_seconds)
+def claim_one(store: Store, owner: str = "w1", lease_seconds: float = LEASE) -> Gate:
+    claimed = store.gates.claim_due(owner, limit=1, lease_seconds=lease_seconds)
     assert len(claimed) == 1
     return claimed[0]
 
 
-def claim_gate(store: GateStore, gate_id: int, owner: str = "w1") -> Gate:
-    claimed = [g for g in store.claim_due(owner, limit=100, lease_seconds=LEASE) if g.id == gate_id]
+def claim_gate(store: Store, gate_id: int, owner: str = "w1") -> Gate:
+    claimed = [g for g in store.gates.claim_due(owner, limit=100, lease_seconds=LEASE) if g.id == gate_id]
     assert len(claimed) == 1, f"gate {gate_id} was not claimable"
     return claimed[0]
 
 
-def close_gate(store: GateStore, gate_id: int, state: str = "approved") -> None:
+def close_gate(store: Store, gate_id: int, state: str = "approved") -> None:
     gate = claim_gate(store, gate_id)
-    assert store.apply(gate, Change(state, "decided", {"verdict": GateState.APPROVED}))
+    assert store.gates.apply(gate, Change(state, "decided", {"verdict": GateState.APPROVED}))
 
 
 def run_concurrently(count: int, target: Callable[[int], Any]) -> list[Any]:
@@ -119,11 +119,11 @@ def run_concurrently(count: int, target: Callable[[int], Any]) -> list[Any]:
 # --- accept -----------------------------------------------------------------
 
 
-def test_first_delivery_creates_new_gate(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+def test_first_delivery_creates_new_gate(store: Store, engine: Engine, clock: FakeClock) -> None:
     gate_id, outcome = accept(store, "d-1")
 
     assert outcome is AcceptOutcome.CREATED
-    gate = store.get(gate_id)
+    gate = store.gates.get(gate_id)
     assert gate is not None
     assert gate.state == "new"
     assert (gate.repository_id, gate.run_id, gate.environment) == (1000, 7, "production")
@@ -136,26 +136,26 @@ def test_first_delivery_creates_new_gate(store: GateStore, engine: Engine, clock
     assert gate.deadline_at == clock.now + DEADLINE
     assert gate.closed_at is None
     assert column(engine, gate_id, "open_key") == "1000:7:production"
-    history = store.history(gate_id)
+    history = store.gates.history(gate_id)
     assert len(history) == 1
     assert history[0].from_state is None
     assert history[0].to_state == "new"
     assert "d-1" in history[0].reason
-    assert store.delivery_ids(gate_id) == ["d-1"]
+    assert store.deliveries.delivery_ids(gate_id) == ["d-1"]
 
 
-def test_same_delivery_is_a_duplicate(store: GateStore, engine: Engine) -> None:
+def test_same_delivery_is_a_duplicate(store: Store, engine: Engine) -> None:
     gate_id, _ = accept(store, "d-1")
 
     again_id, outcome = accept(store, "d-1")
 
     assert (again_id, outcome) == (gate_id, AcceptOutcome.DUPLICATE)
     assert gate_count(engine) == 1
-    assert store.delivery_ids(gate_id) == ["d-1"]
-    assert len(store.history(gate_id)) == 1
+    assert store.deliveries.delivery_ids(gate_id) == ["d-1"]
+    assert len(store.gates.history(gate_id)) == 1
 
 
-def test_other_delivery_for_same_run_joins_open_gate(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+def test_other_delivery_for_same_run_joins_open_gate(store: Store, engine: Engine, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     clock.advance(1)
 
@@ -163,22 +163,22 @@ def test_other_delivery_for_same_run_joins_open_gate(store: GateStore, engine: E
 
     assert (joined_id, outcome) == (gate_id, AcceptOutcome.JOINED)
     assert gate_count(engine) == 1
-    assert store.delivery_ids(gate_id) == ["d-1", "d-2"]
-    assert store.get(gate_id).state == "new"  # type: ignore[union-attr]
-    joined = store.history(gate_id)[-1]
+    assert store.deliveries.delivery_ids(gate_id) == ["d-1", "d-2"]
+    assert store.gates.get(gate_id).state == "new"  # type: ignore[union-attr]
+    joined = store.gates.history(gate_id)[-1]
     assert (joined.from_state, joined.to_state) == ("new", "new")
     assert "d-2" in joined.reason
 
 
-def test_joins_an_awaiting_gate_without_changing_it(store: GateStore, clock: FakeClock) -> None:
+def test_joins_an_awaiting_gate_without_changing_it(store: Store, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     gate = claim_one(store)
-    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now + 300}))
+    assert store.gates.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now + 300}))
 
     joined_id, outcome = accept(store, "d-2")
 
     assert (joined_id, outcome) == (gate_id, AcceptOutcome.JOINED)
-    after = store.get(gate_id)
+    after = store.gates.get(gate_id)
     assert after is not None
     assert after.state == "awaiting_review"
     assert after.next_attempt_at == clock.now + 300
@@ -190,7 +190,7 @@ def test_joins_an_awaiting_gate_without_changing_it(store: GateStore, clock: Fak
     ids=["environment", "run", "repository"],
 )
 def test_different_environment_run_or_repository_opens_new_gate(
-    store: GateStore, engine: Engine, other: dict[str, Any]
+    store: Store, engine: Engine, other: dict[str, Any]
 ) -> None:
     first_id, _ = accept(store, "d-1")
 
@@ -199,13 +199,13 @@ def test_different_environment_run_or_repository_opens_new_gate(
     assert outcome is AcceptOutcome.CREATED
     assert second_id != first_id
     assert gate_count(engine) == 2
-    assert store.get(first_id).task_id != store.get(second_id).task_id  # type: ignore[union-attr]
+    assert store.gates.get(first_id).task_id != store.gates.get(second_id).task_id  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("final_state", ["approved", "rejected", "superseded", "failed"])
-def test_rerun_after_final_state_opens_a_new_gate(store: GateStore, engine: Engine, final_state: str) -> None:
+def test_rerun_after_final_state_opens_a_new_gate(store: Store, engine: Engine, final_state: str) -> None:
     first_id, _ = accept(store, "d-1")
-    first_task = store.get(first_id).task_id  # type: ignore[union-attr]
+    first_task = store.gates.get(first_id).task_id  # type: ignore[union-attr]
     close_gate(store, first_id, final_state)
     assert column(engine, first_id, "open_key") is None
 
@@ -214,57 +214,61 @@ def test_rerun_after_final_state_opens_a_new_gate(store: GateStore, engine: Engi
 
     assert outcome is AcceptOutcome.CREATED
     assert second_id != first_id
-    second = store.get(second_id)
+    second = store.gates.get(second_id)
     assert second is not None
     assert second.state == "new"
     assert second.task_id != first_task
     assert column(engine, second_id, "open_key") == "1000:7:production"
     assert column(engine, first_id, "open_key") is None
     # The closed gate keeps its own deliveries and state.
-    assert store.delivery_ids(first_id) == ["d-1"]
-    assert store.delivery_ids(second_id) == ["d-2"]
-    assert store.get(first_id).state == final_state  # type: ignore[union-attr]
+    assert store.deliveries.delivery_ids(first_id) == ["d-1"]
+    assert store.deliveries.delivery_ids(second_id) == ["d-2"]
+    assert store.gates.get(first_id).state == final_state  # type: ignore[union-attr]
     # The old delivery id is still a duplicate of the old gate.
     assert accept(store, "d-1") == (first_id, AcceptOutcome.DUPLICATE)
     # A further delivery joins the new open gate, not the closed one.
     assert accept(store, "d-3") == (second_id, AcceptOutcome.JOINED)
 
 
-def test_late_duplicate_of_answered_deployment_is_not_a_rerun(store: GateStore, clock: FakeClock) -> None:
-    answered_id, _ = store.accept("d-1", replace(make_request(), deployment_id=55), deadline_seconds=DEADLINE)
+def test_late_duplicate_of_answered_deployment_is_not_a_rerun(store: Store, clock: FakeClock) -> None:
+    answered_id, _ = store.deliveries.accept(
+        "d-1", replace(make_request(), deployment_id=55), deadline_seconds=DEADLINE
+    )
     close_gate(store, answered_id)
 
-    late = store.accept("d-2", replace(make_request(), deployment_id=55), deadline_seconds=DEADLINE)
-    rerun_id, outcome = store.accept("d-3", replace(make_request(), deployment_id=56), deadline_seconds=DEADLINE)
+    late = store.deliveries.accept("d-2", replace(make_request(), deployment_id=55), deadline_seconds=DEADLINE)
+    rerun_id, outcome = store.deliveries.accept(
+        "d-3", replace(make_request(), deployment_id=56), deadline_seconds=DEADLINE
+    )
 
     assert late == (answered_id, AcceptOutcome.DUPLICATE)
-    assert store.get(answered_id).state == "approved"  # type: ignore[union-attr]
+    assert store.gates.get(answered_id).state == "approved"  # type: ignore[union-attr]
     assert outcome is AcceptOutcome.CREATED
     assert rerun_id != answered_id
 
 
-def test_task_ids_are_unique_and_stable(store: GateStore, clock: FakeClock) -> None:
+def test_task_ids_are_unique_and_stable(store: Store, clock: FakeClock) -> None:
     ids = [accept(store, f"d-{i}", run_id=100 + i, environment=env)[0] for i, env in enumerate(["Prod EU", "x", ""])]
-    tasks = {gate_id: store.get(gate_id).task_id for gate_id in ids}  # type: ignore[union-attr]
+    tasks = {gate_id: store.gates.get(gate_id).task_id for gate_id in ids}  # type: ignore[union-attr]
 
     assert len(set(tasks.values())) == len(ids)
     for task in tasks.values():
         assert task.startswith("gh-1000-")
         assert len(task) <= 120
     # Claiming, applying, waking and re-reading never change a gate's task id.
-    for gate in store.claim_due("w1", limit=10, lease_seconds=LEASE):
+    for gate in store.gates.claim_due("w1", limit=10, lease_seconds=LEASE):
         assert gate.task_id == tasks[gate.id]
-        assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now + 60}))
+        assert store.gates.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now + 60}))
     for gate_id, task in tasks.items():
-        assert store.wake(thread_id=None, task_id=task).id == gate_id  # type: ignore[union-attr]
-        assert store.get(gate_id).task_id == task  # type: ignore[union-attr]
-        assert store.get(gate_id).task_id == task  # type: ignore[union-attr]
+        assert store.gates.wake(thread_id=None, task_id=task).id == gate_id  # type: ignore[union-attr]
+        assert store.gates.get(gate_id).task_id == task  # type: ignore[union-attr]
+        assert store.gates.get(gate_id).task_id == task  # type: ignore[union-attr]
 
 
 # --- concurrent accept -------------------------------------------------------
 
 
-def test_concurrent_distinct_deliveries_share_one_gate(store: GateStore, engine: Engine) -> None:
+def test_concurrent_distinct_deliveries_share_one_gate(store: Store, engine: Engine) -> None:
     results = run_concurrently(8, lambda i: accept(store, f"d-{i}"))
 
     gate_ids = {gate_id for gate_id, _ in results}
@@ -274,11 +278,11 @@ def test_concurrent_distinct_deliveries_share_one_gate(store: GateStore, engine:
     assert outcomes.count(AcceptOutcome.JOINED) == 7
     assert gate_count(engine) == 1
     (gate_id,) = gate_ids
-    assert sorted(store.delivery_ids(gate_id)) == sorted(f"d-{i}" for i in range(8))
-    assert len(store.history(gate_id)) == 8
+    assert sorted(store.deliveries.delivery_ids(gate_id)) == sorted(f"d-{i}" for i in range(8))
+    assert len(store.gates.history(gate_id)) == 8
 
 
-def test_concurrent_same_delivery_is_stored_once(store: GateStore, engine: Engine) -> None:
+def test_concurrent_same_delivery_is_stored_once(store: Store, engine: Engine) -> None:
     results = run_concurrently(8, lambda i: accept(store, "d-same"))
 
     gate_ids = {gate_id for gate_id, _ in results}
@@ -288,15 +292,15 @@ def test_concurrent_same_delivery_is_stored_once(store: GateStore, engine: Engin
     assert outcomes.count(AcceptOutcome.DUPLICATE) == 7
     assert gate_count(engine) == 1
     (gate_id,) = gate_ids
-    assert store.delivery_ids(gate_id) == ["d-same"]
-    assert len(store.history(gate_id)) == 1
+    assert store.deliveries.delivery_ids(gate_id) == ["d-same"]
+    assert len(store.gates.history(gate_id)) == 1
 
 
 def test_a_delivery_racing_the_final_apply_never_joins_the_closed_gate(
-    store: GateStore, engine: Engine, clock: FakeClock
+    store: Store, engine: Engine, clock: FakeClock
 ) -> None:
     gate_id, _ = accept(store, "d-1")
-    assert store.apply(claim_one(store), Change(GateState.REPORTING, "verdict approved"))
+    assert store.gates.apply(claim_one(store), Change(GateState.REPORTING, "verdict approved"))
     results: list[tuple[int, AcceptOutcome]] = []
     racer = threading.Thread(target=lambda: results.append(accept(store, "d-2")))
     with engine.begin() as conn:  # the worker's apply of the final review, not yet committed
@@ -315,16 +319,16 @@ def test_a_delivery_racing_the_final_apply_never_joins_the_closed_gate(
 # --- claim_due ---------------------------------------------------------------
 
 
-def test_claim_due_returns_only_due_open_gates(store: GateStore, clock: FakeClock) -> None:
+def test_claim_due_returns_only_due_open_gates(store: Store, clock: FakeClock) -> None:
     later_id, _ = accept(store, "d-later", run_id=2)
     later = claim_gate(store, later_id)
-    assert store.apply(later, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now + 100}))
+    assert store.gates.apply(later, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now + 100}))
     closed_id, _ = accept(store, "d-closed", run_id=3)
     close_gate(store, closed_id)
     due_id, _ = accept(store, "d-due", run_id=1)
     clock.advance(50)  # `later` is not due yet
 
-    claimed = store.claim_due("w2", limit=10, lease_seconds=LEASE)
+    claimed = store.gates.claim_due("w2", limit=10, lease_seconds=LEASE)
 
     assert [g.id for g in claimed] == [due_id]
     gate = claimed[0]
@@ -333,24 +337,24 @@ def test_claim_due_returns_only_due_open_gates(store: GateStore, clock: FakeCloc
 
     # The awaiting gate becomes due at its next_attempt_at; the closed one never does.
     clock.now = START + 100
-    assert [g.id for g in store.claim_due("w3", limit=10, lease_seconds=LEASE)] == [later_id]
+    assert [g.id for g in store.gates.claim_due("w3", limit=10, lease_seconds=LEASE)] == [later_id]
     clock.advance(10 * DEADLINE)
-    ids = {g.id for g in store.claim_due("w4", limit=10, lease_seconds=LEASE)}
+    ids = {g.id for g in store.gates.claim_due("w4", limit=10, lease_seconds=LEASE)}
     assert ids == {due_id, later_id}
 
 
-def test_gate_is_due_exactly_at_next_attempt_at(store: GateStore, clock: FakeClock) -> None:
+def test_gate_is_due_exactly_at_next_attempt_at(store: Store, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     gate = claim_one(store)
-    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now + 100}))
+    assert store.gates.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now + 100}))
 
     clock.advance(99.5)
-    assert store.claim_due("w1", limit=10, lease_seconds=LEASE) == []
+    assert store.gates.claim_due("w1", limit=10, lease_seconds=LEASE) == []
     clock.advance(0.5)
-    assert [g.id for g in store.claim_due("w1", limit=10, lease_seconds=LEASE)] == [gate_id]
+    assert [g.id for g in store.gates.claim_due("w1", limit=10, lease_seconds=LEASE)] == [gate_id]
 
 
-def test_live_lease_blocks_other_claimers_until_it_expires(store: GateStore, clock: FakeClock) -> None:
+def test_live_lease_blocks_other_claimers_until_it_expires(store: Store, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
 
     first = claim_one(store, "w1")
@@ -358,40 +362,40 @@ def test_live_lease_blocks_other_claimers_until_it_expires(store: GateStore, clo
     assert first.lease_owner == "w1"
     assert first.generation == 1
 
-    assert store.claim_due("w2", limit=10, lease_seconds=LEASE) == []
+    assert store.gates.claim_due("w2", limit=10, lease_seconds=LEASE) == []
     clock.advance(LEASE - 1)
-    assert store.claim_due("w2", limit=10, lease_seconds=LEASE) == []
-    assert store.claim_due("w1", limit=10, lease_seconds=LEASE) == []  # not even to its holder
+    assert store.gates.claim_due("w2", limit=10, lease_seconds=LEASE) == []
+    assert store.gates.claim_due("w1", limit=10, lease_seconds=LEASE) == []  # not even to its holder
 
     clock.advance(2)  # past the lease
     second = claim_one(store, "w2")
     assert second.id == gate_id
     assert second.lease_owner == "w2"
     assert second.generation > first.generation
-    assert store.get(gate_id).lease_owner == "w2"  # type: ignore[union-attr]
-    assert store.claim_due("w1", limit=10, lease_seconds=LEASE) == []
+    assert store.gates.get(gate_id).lease_owner == "w2"  # type: ignore[union-attr]
+    assert store.gates.claim_due("w1", limit=10, lease_seconds=LEASE) == []
 
 
-def test_claim_due_respects_limit_and_order(store: GateStore, clock: FakeClock) -> None:
+def test_claim_due_respects_limit_and_order(store: Store, clock: FakeClock) -> None:
     ids = []
     for run_id in range(5):
         ids.append(accept(store, f"d-{run_id}", run_id=run_id)[0])
         clock.advance(1)
 
-    first = store.claim_due("w1", limit=2, lease_seconds=LEASE)
-    second = store.claim_due("w2", limit=2, lease_seconds=LEASE)
-    third = store.claim_due("w3", limit=2, lease_seconds=LEASE)
+    first = store.gates.claim_due("w1", limit=2, lease_seconds=LEASE)
+    second = store.gates.claim_due("w2", limit=2, lease_seconds=LEASE)
+    third = store.gates.claim_due("w3", limit=2, lease_seconds=LEASE)
 
     assert [g.id for g in first] == ids[:2]  # oldest due first
     assert [g.id for g in second] == ids[2:4]
     assert [g.id for g in third] == ids[4:]
-    assert store.claim_due("w4", limit=2, lease_seconds=LEASE) == []
+    assert store.gates.claim_due("w4", limit=2, lease_seconds=LEASE) == []
 
 
 # --- apply -------------------------------------------------------------------
 
 
-def test_apply_succeeds_once_for_the_lease_holder(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+def test_apply_succeeds_once_for_the_lease_holder(store: Store, engine: Engine, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     gate = claim_one(store)
     clock.advance(5)
@@ -399,9 +403,9 @@ def test_apply_succeeds_once_for_the_lease_holder(store: GateStore, engine: Engi
     change = Change(
         "awaiting_review", "review requested", {"thread_id": "th-1", "attempts": 1, "next_attempt_at": clock.now + 30}
     )
-    assert store.apply(gate, change) is not None
+    assert store.gates.apply(gate, change) is not None
 
-    after = store.get(gate_id)
+    after = store.gates.get(gate_id)
     assert after is not None
     assert after.state == "awaiting_review"
     assert after.thread_id == "th-1"
@@ -412,114 +416,115 @@ def test_apply_succeeds_once_for_the_lease_holder(store: GateStore, engine: Engi
     assert column(engine, gate_id, "lease_expires_at") is None
     assert after.closed_at is None
     assert column(engine, gate_id, "open_key") == "1000:7:production"
-    last = store.history(gate_id)[-1]
+    last = store.gates.history(gate_id)[-1]
     assert last == HistoryEntry(clock.now, "new", "awaiting_review", "review requested")
 
     # The same Gate object again: its lease is gone, nothing changes.
-    assert store.apply(gate, Change(GateState.APPROVED, "again")) is None
-    assert store.get(gate_id) == after
-    assert len(store.history(gate_id)) == 2
+    assert store.gates.apply(gate, Change(GateState.APPROVED, "again")) is None
+    assert store.gates.get(gate_id) == after
+    assert len(store.gates.history(gate_id)) == 2
 
 
-def test_apply_without_next_attempt_makes_gate_due_now(store: GateStore, clock: FakeClock) -> None:
+def test_apply_without_next_attempt_makes_gate_due_now(store: Store, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     gate = claim_one(store)
     clock.advance(10)
 
-    assert store.apply(gate, Change(GateState.REPORTING, "report the verdict"))
+    assert store.gates.apply(gate, Change(GateState.REPORTING, "report the verdict"))
 
-    assert store.get(gate_id).next_attempt_at == clock.now  # type: ignore[union-attr]
-    assert [g.id for g in store.claim_due("w2", limit=10, lease_seconds=LEASE)] == [gate_id]
+    assert store.gates.get(gate_id).next_attempt_at == clock.now  # type: ignore[union-attr]
+    assert [g.id for g in store.gates.claim_due("w2", limit=10, lease_seconds=LEASE)] == [gate_id]
 
 
-def test_stale_gate_after_reclaim_cannot_apply(store: GateStore, clock: FakeClock) -> None:
+def test_stale_gate_after_reclaim_cannot_apply(store: Store, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     stale = claim_one(store, "w1")
     clock.advance(LEASE + 1)
     current = claim_one(store, "w2")
     assert current.generation > stale.generation
-    before = store.get(gate_id)
-    history_before = store.history(gate_id)
+    before = store.gates.get(gate_id)
+    history_before = store.gates.history(gate_id)
 
-    assert store.apply(stale, Change(GateState.APPROVED, "late verdict", {"verdict": GateState.APPROVED})) is None
+    assert store.gates.apply(stale, Change(GateState.APPROVED, "late verdict", {"verdict": GateState.APPROVED})) is None
 
-    assert store.get(gate_id) == before
-    assert store.history(gate_id) == history_before
+    assert store.gates.get(gate_id) == before
+    assert store.gates.history(gate_id) == history_before
     # The current holder is unaffected.
     assert (
-        store.apply(current, Change(GateState.REJECTED, "current verdict", {"verdict": GateState.REJECTED})) is not None
+        store.gates.apply(current, Change(GateState.REJECTED, "current verdict", {"verdict": GateState.REJECTED}))
+        is not None
     )
-    assert store.get(gate_id).state == "rejected"  # type: ignore[union-attr]
+    assert store.gates.get(gate_id).state == "rejected"  # type: ignore[union-attr]
     # Even after the current holder finished, the stale object stays refused.
-    assert store.apply(stale, Change(GateState.APPROVED, "late verdict")) is None
-    assert store.get(gate_id).state == "rejected"  # type: ignore[union-attr]
+    assert store.gates.apply(stale, Change(GateState.APPROVED, "late verdict")) is None
+    assert store.gates.get(gate_id).state == "rejected"  # type: ignore[union-attr]
 
 
-def test_stale_generation_with_same_owner_name_cannot_apply(store: GateStore, clock: FakeClock) -> None:
+def test_stale_generation_with_same_owner_name_cannot_apply(store: Store, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     stale = claim_one(store, "w1")
     clock.advance(LEASE + 1)
     current = claim_one(store, "w1")  # the same replica name after a restart
 
-    assert store.apply(stale, Change(GateState.APPROVED, "late")) is None
-    assert store.get(gate_id).state == "new"  # type: ignore[union-attr]
-    assert store.apply(current, Change(GateState.APPROVED, "now")) is not None
+    assert store.gates.apply(stale, Change(GateState.APPROVED, "late")) is None
+    assert store.gates.get(gate_id).state == "new"  # type: ignore[union-attr]
+    assert store.gates.apply(current, Change(GateState.APPROVED, "now")) is not None
 
 
-def test_mark_needs_the_live_lease_of_this_claim(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+def test_mark_needs_the_live_lease_of_this_claim(store: Store, engine: Engine, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     first = claim_one(store, "w1")
     clock.advance(LEASE - 1)
-    assert store.mark(first, {"token_checked": "fp-1"}, lease_seconds=LEASE)  # renews the lease
+    assert store.gates.mark(first, {"token_checked": "fp-1"}, lease_seconds=LEASE)  # renews the lease
     clock.advance(LEASE - 1)
-    assert store.claim_due("w-other", limit=1, lease_seconds=LEASE) == []
+    assert store.gates.claim_due("w-other", limit=1, lease_seconds=LEASE) == []
     assert column(engine, gate_id, "token_checked") == "fp-1"
     assert column(engine, gate_id, "state") == "new"  # a mark is no transition
     clock.advance(2)
-    assert not store.mark(first, {"token_checked": "fp-2"}, lease_seconds=LEASE), "an expired lease must not mark"
+    assert not store.gates.mark(first, {"token_checked": "fp-2"}, lease_seconds=LEASE), "an expired lease must not mark"
     second = claim_one(store, "w2")
-    assert not store.mark(first, {"token_checked": "fp-3"}, lease_seconds=LEASE), (
+    assert not store.gates.mark(first, {"token_checked": "fp-3"}, lease_seconds=LEASE), (
         "a reclaimed gate must not take the old worker's mark"
     )
-    assert store.mark(second, {"review_sent_at": clock.now}, lease_seconds=LEASE)
+    assert store.gates.mark(second, {"review_sent_at": clock.now}, lease_seconds=LEASE)
     assert column(engine, gate_id, "token_checked") == "fp-1"
-    assert store.history(gate_id)[-1].to_state == "new"
+    assert store.gates.history(gate_id)[-1].to_state == "new"
 
 
-def test_unrecorded_unchanged_state_writes_no_history(store: GateStore, clock: FakeClock) -> None:
+def test_unrecorded_unchanged_state_writes_no_history(store: Store, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     gate = claim_one(store)
-    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now}))
+    assert store.gates.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now}))
     clock.advance(1)
     gate = claim_one(store)
-    history_before = store.history(gate_id)
+    history_before = store.gates.history(gate_id)
 
-    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "still pending", {"polls": 1}, record=False))
+    assert store.gates.apply(gate, Change(GateState.AWAITING_REVIEW, "still pending", {"polls": 1}, record=False))
 
-    assert store.history(gate_id) == history_before
-    assert store.get(gate_id).polls == 1  # type: ignore[union-attr]
+    assert store.gates.history(gate_id) == history_before
+    assert store.gates.get(gate_id).polls == 1  # type: ignore[union-attr]
 
     # record=True (a retry worth explaining) records even an unchanged state ...
     gate = claim_one(store)
-    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "retrying after 503", {"attempts": 2}))
-    assert store.history(gate_id)[-1].reason == "retrying after 503"
+    assert store.gates.apply(gate, Change(GateState.AWAITING_REVIEW, "retrying after 503", {"attempts": 2}))
+    assert store.gates.history(gate_id)[-1].reason == "retrying after 503"
     # ... and record=False never hides a real transition.
     gate = claim_one(store)
-    assert store.apply(gate, Change(GateState.APPROVED, "approved by reviewer", record=False))
-    last = store.history(gate_id)[-1]
+    assert store.gates.apply(gate, Change(GateState.APPROVED, "approved by reviewer", record=False))
+    last = store.gates.history(gate_id)[-1]
     assert (last.from_state, last.to_state, last.reason) == ("awaiting_review", "approved", "approved by reviewer")
 
 
-def test_final_state_closes_the_gate(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+def test_final_state_closes_the_gate(store: Store, engine: Engine, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     gate = claim_one(store)
     clock.advance(3)
 
-    assert store.apply(
+    assert store.gates.apply(
         gate, Change(GateState.APPROVED, "allow", {"verdict": GateState.APPROVED, "verdict_reason": "policy"})
     )
 
-    closed = store.get(gate_id)
+    closed = store.gates.get(gate_id)
     assert closed is not None
     assert closed.state == "approved"
     assert closed.closed_at == clock.now
@@ -528,150 +533,154 @@ def test_final_state_closes_the_gate(store: GateStore, engine: Engine, clock: Fa
     assert column(engine, gate_id, "open_key") is None
     # A closed gate is never claimed again, however late it gets.
     clock.advance(10 * DEADLINE)
-    assert store.claim_due("w2", limit=10, lease_seconds=LEASE) == []
+    assert store.gates.claim_due("w2", limit=10, lease_seconds=LEASE) == []
 
 
-def test_open_state_keeps_open_key_and_no_closed_at(store: GateStore, engine: Engine) -> None:
+def test_open_state_keeps_open_key_and_no_closed_at(store: Store, engine: Engine) -> None:
     gate_id, _ = accept(store, "d-1")
     gate = claim_one(store)
 
-    assert store.apply(gate, Change(GateState.REPORTING, "verdict reached"))
+    assert store.gates.apply(gate, Change(GateState.REPORTING, "verdict reached"))
 
     assert column(engine, gate_id, "open_key") == "1000:7:production"
-    assert store.get(gate_id).closed_at is None  # type: ignore[union-attr]
+    assert store.gates.get(gate_id).closed_at is None  # type: ignore[union-attr]
 
 
 # --- wake --------------------------------------------------------------------
 
 
 def _awaiting_gate(
-    store: GateStore, clock: FakeClock, thread_id: str = "th-1", wait: float = 300, run_id: int = 500
+    store: Store, clock: FakeClock, thread_id: str = "th-1", wait: float = 300, run_id: int = 500
 ) -> int:
     gate_id, _ = accept(store, f"d-{thread_id}", run_id=run_id)
     gate = claim_gate(store, gate_id)
-    assert store.apply(
+    assert store.gates.apply(
         gate, Change(GateState.AWAITING_REVIEW, "asked", {"thread_id": thread_id, "next_attempt_at": clock.now + wait})
     )
     return gate_id
 
 
-def test_wake_by_thread_makes_awaiting_gate_due_now(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+def test_wake_by_thread_makes_awaiting_gate_due_now(store: Store, engine: Engine, clock: FakeClock) -> None:
     gate_id = _awaiting_gate(store, clock)
     clock.advance(10)
-    assert store.claim_due("w1", limit=10, lease_seconds=LEASE) == []
+    assert store.gates.claim_due("w1", limit=10, lease_seconds=LEASE) == []
 
-    woken = store.wake(thread_id="th-1", task_id=None)
+    woken = store.gates.wake(thread_id="th-1", task_id=None)
 
     assert woken is not None
     assert woken.id == gate_id
     assert column(engine, gate_id, "woken") in (True, 1)
-    assert store.get(gate_id).next_attempt_at == clock.now  # type: ignore[union-attr]
-    claimed = store.claim_due("w1", limit=10, lease_seconds=LEASE)
+    assert store.gates.get(gate_id).next_attempt_at == clock.now  # type: ignore[union-attr]
+    claimed = store.gates.claim_due("w1", limit=10, lease_seconds=LEASE)
     assert [g.id for g in claimed] == [gate_id]
     assert column(engine, gate_id, "woken") in (False, 0)  # the claim consumed the wake
 
 
-def test_wake_by_task_id(store: GateStore, clock: FakeClock) -> None:
+def test_wake_by_task_id(store: Store, clock: FakeClock) -> None:
     gate_id = _awaiting_gate(store, clock)
-    task_id = store.get(gate_id).task_id  # type: ignore[union-attr]
+    task_id = store.gates.get(gate_id).task_id  # type: ignore[union-attr]
     clock.advance(10)
 
-    woken = store.wake(thread_id=None, task_id=task_id)
+    woken = store.gates.wake(thread_id=None, task_id=task_id)
 
     assert woken is not None and woken.id == gate_id
-    assert [g.id for g in store.claim_due("w1", limit=10, lease_seconds=LEASE)] == [gate_id]
+    assert [g.id for g in store.gates.claim_due("w1", limit=10, lease_seconds=LEASE)] == [gate_id]
 
 
-def test_wake_while_leased_keeps_gate_due(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+def test_wake_while_leased_keeps_gate_due(store: Store, engine: Engine, clock: FakeClock) -> None:
     gate_id = _awaiting_gate(store, clock, wait=0)
     clock.advance(1)
     gate = claim_one(store, "w1")  # a poll is in flight
     clock.advance(1)
 
-    assert store.wake(thread_id="th-1", task_id=None) is not None  # the callback arrives meanwhile
-    assert store.claim_due("w2", limit=10, lease_seconds=LEASE) == []  # still leased
+    assert store.gates.wake(thread_id="th-1", task_id=None) is not None  # the callback arrives meanwhile
+    assert store.gates.claim_due("w2", limit=10, lease_seconds=LEASE) == []  # still leased
     clock.advance(1)
     # The poll's answer was stale ("still pending") and asks for the fallback schedule.
-    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "still pending", {"next_attempt_at": clock.now + 300}))
+    assert store.gates.apply(
+        gate, Change(GateState.AWAITING_REVIEW, "still pending", {"next_attempt_at": clock.now + 300})
+    )
 
-    after = store.get(gate_id)
+    after = store.gates.get(gate_id)
     assert after is not None
     assert after.next_attempt_at <= clock.now
-    assert [g.id for g in store.claim_due("w2", limit=10, lease_seconds=LEASE)] == [gate_id]
+    assert [g.id for g in store.gates.claim_due("w2", limit=10, lease_seconds=LEASE)] == [gate_id]
 
 
-def test_without_wake_apply_keeps_the_fallback_schedule(store: GateStore, clock: FakeClock) -> None:
+def test_without_wake_apply_keeps_the_fallback_schedule(store: Store, clock: FakeClock) -> None:
     gate_id = _awaiting_gate(store, clock, wait=0)
     gate = claim_one(store, "w1")
 
-    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "still pending", {"next_attempt_at": clock.now + 300}))
+    assert store.gates.apply(
+        gate, Change(GateState.AWAITING_REVIEW, "still pending", {"next_attempt_at": clock.now + 300})
+    )
 
-    assert store.get(gate_id).next_attempt_at == clock.now + 300  # type: ignore[union-attr]
+    assert store.gates.get(gate_id).next_attempt_at == clock.now + 300  # type: ignore[union-attr]
 
 
-def test_wake_unknown_thread_returns_none(store: GateStore, clock: FakeClock) -> None:
+def test_wake_unknown_thread_returns_none(store: Store, clock: FakeClock) -> None:
     _awaiting_gate(store, clock)
 
-    assert store.wake(thread_id="no-such-thread", task_id=None) is None
-    assert store.wake(thread_id=None, task_id="no-such-task") is None
-    assert store.wake(thread_id=None, task_id=None) is None
-    assert store.wake(thread_id="", task_id="") is None
+    assert store.gates.wake(thread_id="no-such-thread", task_id=None) is None
+    assert store.gates.wake(thread_id=None, task_id="no-such-task") is None
+    assert store.gates.wake(thread_id=None, task_id=None) is None
+    assert store.gates.wake(thread_id="", task_id="") is None
 
 
-def test_wake_closed_gate_is_returned_but_not_reopened(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+def test_wake_closed_gate_is_returned_but_not_reopened(store: Store, engine: Engine, clock: FakeClock) -> None:
     gate_id = _awaiting_gate(store, clock, wait=0)
     gate = claim_one(store)
-    assert store.apply(gate, Change(GateState.APPROVED, "approved"))
-    closed = store.get(gate_id)
+    assert store.gates.apply(gate, Change(GateState.APPROVED, "approved"))
+    closed = store.gates.get(gate_id)
     clock.advance(100)
 
-    woken = store.wake(thread_id="th-1", task_id=None)
+    woken = store.gates.wake(thread_id="th-1", task_id=None)
 
     assert woken is not None
     assert woken.id == gate_id
     assert woken.state == "approved"
-    assert store.get(gate_id) == closed
+    assert store.gates.get(gate_id) == closed
     assert column(engine, gate_id, "woken") in (False, 0)
-    assert store.claim_due("w1", limit=10, lease_seconds=LEASE) == []
+    assert store.gates.claim_due("w1", limit=10, lease_seconds=LEASE) == []
 
 
 # --- queries -----------------------------------------------------------------
 
 
-def test_count_by_state_and_list_gates(store: GateStore, clock: FakeClock) -> None:
-    assert store.count_by_state() == {}
-    assert store.list_gates() == []
+def test_count_by_state_and_list_gates(store: Store, clock: FakeClock) -> None:
+    assert store.gates.count_by_state() == {}
+    assert store.gates.list_gates() == []
     new_a, _ = accept(store, "d-1", run_id=1)
     new_b, _ = accept(store, "d-2", run_id=2)
     awaiting = _awaiting_gate(store, clock, thread_id="th-x", run_id=3)
     approved, _ = accept(store, "d-4", run_id=4)
     close_gate(store, approved)
 
-    assert store.count_by_state() == {"new": 2, "awaiting_review": 1, "approved": 1}
-    assert [g.id for g in store.list_gates()] == [approved, awaiting, new_b, new_a]  # newest first
-    assert [g.id for g in store.list_gates(limit=2)] == [approved, awaiting]
-    assert [g.id for g in store.list_gates(states=("new",))] == [new_b, new_a]
-    open_ids = {g.id for g in store.list_gates(states=("new", "awaiting_review", "reporting"))}
+    assert store.gates.count_by_state() == {"new": 2, "awaiting_review": 1, "approved": 1}
+    assert [g.id for g in store.gates.list_gates()] == [approved, awaiting, new_b, new_a]  # newest first
+    assert [g.id for g in store.gates.list_gates(limit=2)] == [approved, awaiting]
+    assert [g.id for g in store.gates.list_gates(states=("new",))] == [new_b, new_a]
+    open_ids = {g.id for g in store.gates.list_gates(states=("new", "awaiting_review", "reporting"))}
     assert open_ids == {new_a, new_b, awaiting}
-    assert store.list_gates(states=("failed",)) == []
-    assert store.get(approved + 1000) is None
+    assert store.gates.list_gates(states=("failed",)) == []
+    assert store.gates.get(approved + 1000) is None
 
 
-def test_history_is_in_order(store: GateStore, clock: FakeClock) -> None:
+def test_history_is_in_order(store: Store, clock: FakeClock) -> None:
     gate_id, _ = accept(store, "d-1")
     clock.advance(1)
     accept(store, "d-2")
     clock.advance(1)
     gate = claim_one(store)
-    assert store.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now}))
+    assert store.gates.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now}))
     clock.advance(1)
     gate = claim_one(store)
-    assert store.apply(gate, Change(GateState.REPORTING, "approved by alice"))
+    assert store.gates.apply(gate, Change(GateState.REPORTING, "approved by alice"))
     clock.advance(1)
     gate = claim_one(store)
-    assert store.apply(gate, Change(GateState.APPROVED, "review posted"))
+    assert store.gates.apply(gate, Change(GateState.APPROVED, "review posted"))
 
-    history = store.history(gate_id)
+    history = store.gates.history(gate_id)
 
     assert [(h.from_state, h.to_state) for h in history] == [
         (None, "new"),
@@ -682,41 +691,41 @@ def test_history_is_in_order(store: GateStore, clock: FakeClock) -> None:
     ]
     assert [h.at for h in history] == [START + i for i in range(5)]
     assert [h.reason for h in history][2:] == ["asked", "approved by alice", "review posted"]
-    assert store.history(gate_id + 1000) == []
+    assert store.gates.history(gate_id + 1000) == []
 
 
-def test_stored_deliveries(store: GateStore) -> None:
+def test_stored_deliveries(store: Store) -> None:
     accept(store, "d-1")
     accept(store, "d-2")
-    assert store.stored_deliveries(["d-1", "d-3", "d-2", "d-1"]) == {"d-1", "d-2"}
-    assert store.stored_deliveries([]) == set()
-    assert store.stored_deliveries(f"x-{i}" for i in range(1200)) == set()  # chunked IN lists
+    assert store.deliveries.stored_deliveries(["d-1", "d-3", "d-2", "d-1"]) == {"d-1", "d-2"}
+    assert store.deliveries.stored_deliveries([]) == set()
+    assert store.deliveries.stored_deliveries(f"x-{i}" for i in range(1200)) == set()  # chunked IN lists
 
 
-def test_take_turn_once_per_period(store: GateStore, clock: FakeClock) -> None:
-    assert store.take_turn("chore", every_seconds=300)
-    assert not store.take_turn("chore", every_seconds=300)
-    assert store.take_turn("other", every_seconds=300)
+def test_take_turn_once_per_period(store: Store, clock: FakeClock) -> None:
+    assert store.chores.take_turn("chore", every_seconds=300)
+    assert not store.chores.take_turn("chore", every_seconds=300)
+    assert store.chores.take_turn("other", every_seconds=300)
     clock.advance(299)
-    assert not store.take_turn("chore", every_seconds=300)
+    assert not store.chores.take_turn("chore", every_seconds=300)
     clock.advance(1)
-    assert store.take_turn("chore", every_seconds=300)
+    assert store.chores.take_turn("chore", every_seconds=300)
 
 
-def test_take_turn_goes_to_one_of_many_workers(store: GateStore, clock: FakeClock) -> None:
-    assert sum(run_concurrently(8, lambda _i: store.take_turn("chore", every_seconds=60))) == 1
+def test_take_turn_goes_to_one_of_many_workers(store: Store, clock: FakeClock) -> None:
+    assert sum(run_concurrently(8, lambda _i: store.chores.take_turn("chore", every_seconds=60))) == 1
     clock.advance(61)
-    assert sum(run_concurrently(8, lambda _i: store.take_turn("chore", every_seconds=60))) == 1
+    assert sum(run_concurrently(8, lambda _i: store.chores.take_turn("chore", every_seconds=60))) == 1
 
 
-def test_ping(store: GateStore) -> None:
-    store.ping()
+def test_ping(store: Store) -> None:
+    store.gates.ping()
 
 
 # --- PostgreSQL: concurrent claimers -----------------------------------------
 
 
-def test_concurrent_claimers_never_share_a_gate(store: GateStore, engine: Engine, clock: FakeClock) -> None:
+def test_concurrent_claimers_never_share_a_gate(store: Store, engine: Engine, clock: FakeClock) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("FOR UPDATE SKIP LOCKED claiming by several replicas is a PostgreSQL feature")
     expected = {accept(store, f"d-{run_id}", run_id=run_id)[0] for run_id in range(20)}
@@ -724,7 +733,7 @@ def test_concurrent_claimers_never_share_a_gate(store: GateStore, engine: Engine
     def claim_all(i: int) -> list[int]:
         claimed: list[int] = []
         for _ in range(40):  # bounded: a broken lease check must fail, not spin
-            batch = store.claim_due(f"w{i}", limit=3, lease_seconds=LEASE)
+            batch = store.gates.claim_due(f"w{i}", limit=3, lease_seconds=LEASE)
             if not batch:
                 break
             claimed.extend(g.id for g in batch)

@@ -19,8 +19,8 @@ from app.core.secret import Secret
 from app.http.payload import parse_deployment_request
 from app.http.routes import create_app
 from app.http.signature import sign
+from app.store import Store
 from app.store.engine import make_engine, migrate
-from app.store.gates import GateStore
 from tests.test_payload import payload as deployment_payload
 from tests.world import WEBHOOK_SECRET, make_settings
 
@@ -28,20 +28,20 @@ API = "https://api.github.com"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[GateStore]:
+def store(tmp_path: Path) -> Iterator[Store]:
     engine = make_engine(f"sqlite:///{tmp_path / 'web.db'}")
     migrate(engine)
-    yield GateStore(engine, time.time)
+    yield Store.open(engine, time.time)
     engine.dispose()
 
 
-def client_for(store: GateStore, private_pem: str, **overrides: Any) -> FlaskClient:
+def client_for(store: Store, private_pem: str, **overrides: Any) -> FlaskClient:
     settings = make_settings(API, "https://gate.example", private_pem, "sqlite://", **overrides)
     return create_app(settings, store).test_client()
 
 
 @pytest.fixture
-def client(store: GateStore, private_pem: str) -> FlaskClient:
+def client(store: Store, private_pem: str) -> FlaskClient:
     return client_for(store, private_pem)
 
 
@@ -60,20 +60,20 @@ def post_github(
     return client.post("/webhooks/github", data=raw, headers=headers, content_type="application/json")
 
 
-def test_valid_delivery_is_stored_then_202(client: FlaskClient, store: GateStore) -> None:
+def test_valid_delivery_is_stored_then_202(client: FlaskClient, store: Store) -> None:
     response = post_github(client, deployment_payload())
     assert response.status_code == 202
     assert response.json == {"gate_id": 1, "outcome": "created"}
-    gate = store.get(1)
+    gate = store.gates.get(1)
     assert gate is not None and gate.state == "new" and gate.run_id == 42
-    assert store.delivery_ids(1) == ["d-1"]
+    assert store.deliveries.delivery_ids(1) == ["d-1"]
 
 
-def test_same_delivery_twice_is_deduplicated(client: FlaskClient, store: GateStore) -> None:
+def test_same_delivery_twice_is_deduplicated(client: FlaskClient, store: Store) -> None:
     post_github(client, deployment_payload())
     again = post_github(client, deployment_payload())
     assert again.status_code == 202 and again.json == {"gate_id": 1, "outcome": "duplicate"}
-    assert len(store.list_gates()) == 1
+    assert len(store.gates.list_gates()) == 1
 
 
 @pytest.mark.parametrize(
@@ -81,11 +81,11 @@ def test_same_delivery_twice_is_deduplicated(client: FlaskClient, store: GateSto
     ["", "sha256=" + "0" * 64, "sha1=abc", sign("wrong secret", b"{}")],
     ids=["empty", "zeros", "sha1", "wrong-secret"],
 )
-def test_bad_signature_is_401_and_stores_nothing(client: FlaskClient, store: GateStore, signature: str) -> None:
+def test_bad_signature_is_401_and_stores_nothing(client: FlaskClient, store: Store, signature: str) -> None:
     response = post_github(client, deployment_payload(), signature=signature or "x")
     assert response.status_code == 401
     assert "X-Hub-Signature-256" in response.json["error"]
-    assert store.list_gates() == []
+    assert store.gates.list_gates() == []
 
 
 def test_missing_signature_header_is_401(client: FlaskClient) -> None:
@@ -103,10 +103,10 @@ def test_ping_is_200(client: FlaskClient) -> None:
     [("push", {"ref": "x"}), ("deployment_protection_rule", deployment_payload(action="completed"))],
     ids=["other-event", "other-action"],
 )
-def test_ignored_events_are_200(client: FlaskClient, store: GateStore, event: str, body: dict[str, Any]) -> None:
+def test_ignored_events_are_200(client: FlaskClient, store: Store, event: str, body: dict[str, Any]) -> None:
     response = post_github(client, body, event=event)
     assert response.status_code == 200 and response.json["outcome"] == "ignored"
-    assert store.list_gates() == []
+    assert store.gates.list_gates() == []
 
 
 @pytest.mark.parametrize(
@@ -154,12 +154,12 @@ def test_ignored_events_are_200(client: FlaskClient, store: GateStore, event: st
     ],
 )
 def test_malformed_deliveries_are_400_with_a_reason(
-    client: FlaskClient, store: GateStore, body: bytes | dict[str, Any], words: str
+    client: FlaskClient, store: Store, body: bytes | dict[str, Any], words: str
 ) -> None:
     response = post_github(client, body)
     assert response.status_code == 400
     assert words in response.json["error"]
-    assert store.list_gates() == []
+    assert store.gates.list_gates() == []
 
 
 def test_missing_delivery_id_is_400(client: FlaskClient) -> None:
@@ -167,16 +167,16 @@ def test_missing_delivery_id_is_400(client: FlaskClient) -> None:
     assert response.status_code == 400 and "X-GitHub-Delivery" in response.json["error"]
 
 
-def test_too_large_is_413(client: FlaskClient, store: GateStore) -> None:
+def test_too_large_is_413(client: FlaskClient, store: Store) -> None:
     body = deployment_payload(padding="x" * 70 * 1024)
     response = post_github(client, body)
     assert response.status_code == 413
-    assert store.list_gates() == []
+    assert store.gates.list_gates() == []
 
 
 @pytest.mark.parametrize(("size", "status"), [(1024, 202), (70 * 1024, 413)])
 def test_chunked_body_without_length_is_measured_not_cut(
-    client: FlaskClient, store: GateStore, size: int, status: int
+    client: FlaskClient, store: Store, size: int, status: int
 ) -> None:
     raw = json.dumps(deployment_payload(padding="x" * size)).encode()
     headers = {
@@ -191,11 +191,11 @@ def test_chunked_body_without_length_is_measured_not_cut(
     environ["wsgi.input_terminated"] = True
     response = client.open(environ)
     assert response.status_code == status, response.json
-    assert len(store.list_gates()) == (1 if status == 202 else 0)
+    assert len(store.gates.list_gates()) == (1 if status == 202 else 0)
 
 
 def test_database_down_is_503_never_2xx(tmp_path: Path, private_pem: str) -> None:
-    broken = GateStore(make_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}"), time.time)
+    broken = Store.open(make_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}"), time.time)
     client = client_for(broken, private_pem)
     response = post_github(client, deployment_payload())
     assert response.status_code == 503 and "redeliver" in response.json["error"]
@@ -208,9 +208,11 @@ def test_stacksona_callback_unknown_thread_is_404(client: FlaskClient) -> None:
     assert response.status_code == 404
 
 
-def test_stacksona_callback_without_json_content_type_is_read(client: FlaskClient, store: GateStore) -> None:
-    gate_id, _ = store.accept("d-1", parse_deployment_request(deployment_payload(), API), deadline_seconds=60)
-    body = json.dumps({"task_id": store.get(gate_id).task_id}).encode()  # type: ignore[union-attr]
+def test_stacksona_callback_without_json_content_type_is_read(client: FlaskClient, store: Store) -> None:
+    gate_id, _ = store.deliveries.accept(
+        "d-1", parse_deployment_request(deployment_payload(), API), deadline_seconds=60
+    )
+    body = json.dumps({"task_id": store.gates.get(gate_id).task_id}).encode()  # type: ignore[union-attr]
     response = client.post("/webhooks/stacksona", data=body, content_type="text/plain")
     assert response.status_code == 202, response.json
 
@@ -225,10 +227,10 @@ def test_stacksona_callback_needs_an_id(client: FlaskClient) -> None:
     assert client.post("/webhooks/stacksona", data=b"nope").status_code == 400
 
 
-def test_stacksona_callback_token(store: GateStore, private_pem: str) -> None:
+def test_stacksona_callback_token(store: Store, private_pem: str) -> None:
     client = client_for(store, private_pem, stacksona_webhook_token=Secret("cb-token"))
     post_github(client, deployment_payload())
-    task_id = store.get(1).task_id  # type: ignore[union-attr]
+    task_id = store.gates.get(1).task_id  # type: ignore[union-attr]
     body = {"task_id": task_id, "decision": "approved"}
     assert client.post("/webhooks/stacksona", json=body).status_code == 401
     assert client.post("/webhooks/stacksona?token=wrong", json=body).status_code == 401
@@ -246,7 +248,7 @@ def test_probes_and_metrics(client: FlaskClient) -> None:
     assert 'stacksona_gate_webhooks_total{outcome="created"} 1' in metrics
 
 
-def test_errors_never_echo_secrets(store: GateStore, private_pem: str) -> None:
+def test_errors_never_echo_secrets(store: Store, private_pem: str) -> None:
     client = client_for(store, private_pem, stacksona_webhook_token=Secret("cb-token"))
     responses = [
         post_github(client, deployment_payload(), signature="sha256=00"),
@@ -257,10 +259,10 @@ def test_errors_never_echo_secrets(store: GateStore, private_pem: str) -> None:
         assert WEBHOOK_SECRET not in text and "cb-token" not in text
 
 
-def test_settings_with_other_deadline_are_used(store: GateStore, private_pem: str) -> None:
+def test_settings_with_other_deadline_are_used(store: Store, private_pem: str) -> None:
     client = client_for(store, private_pem, gate_deadline_seconds=3600.0)
     post_github(client, deployment_payload())
-    gate = store.get(1)
+    gate = store.gates.get(1)
     assert gate is not None and gate.deadline_at - gate.created_at == pytest.approx(3600.0)
 
 
@@ -292,7 +294,7 @@ def test_stacksona_callback_with_unsafe_text_is_400(
     ids=["nul", "c1-control", "huge"],
 )
 def test_stacksona_callback_with_unsafe_token_is_401(
-    store: GateStore, private_pem: str, query: str, headers: dict[str, str]
+    store: Store, private_pem: str, query: str, headers: dict[str, str]
 ) -> None:
     client = client_for(store, private_pem, stacksona_webhook_token=Secret("cb-token"))
     response = client.post("/webhooks/stacksona", query_string=query, json={"thread_id": "x"}, headers=headers)
@@ -302,10 +304,10 @@ def test_stacksona_callback_with_unsafe_token_is_401(
 @pytest.mark.parametrize(
     "delivery", ["d-\ud800", "d-\x00", "d-\x1b[31m", "d" * 101], ids=["surrogate", "nul", "escape", "too-long"]
 )
-def test_unsafe_delivery_id_is_400(client: FlaskClient, store: GateStore, delivery: str) -> None:
+def test_unsafe_delivery_id_is_400(client: FlaskClient, store: Store, delivery: str) -> None:
     response = post_github(client, deployment_payload(), delivery=delivery)
     assert response.status_code == 400 and "X-GitHub-Delivery" in response.json["error"]
-    assert store.list_gates() == []
+    assert store.gates.list_gates() == []
 
 
 def test_werkzeug_errors_answer_json(client: FlaskClient) -> None:
@@ -319,12 +321,12 @@ def test_werkzeug_errors_answer_json(client: FlaskClient) -> None:
 
 
 def test_an_internal_fault_is_500_json_and_one_log_line(
-    client: FlaskClient, store: GateStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    client: FlaskClient, store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("a bug, with\na second line")
 
-    monkeypatch.setattr(store, "accept", broken)
+    monkeypatch.setattr(store.deliveries, "accept", broken)
     response = post_github(client, deployment_payload())
     assert (response.status_code, response.json) == (500, {"error": "internal error"})
     [line] = [r for r in caplog.records if r.levelno >= logging.INFO]
@@ -333,19 +335,19 @@ def test_an_internal_fault_is_500_json_and_one_log_line(
 
 
 def test_while_the_database_is_stuck_requests_beyond_the_slots_answer_503(
-    store: GateStore, private_pem: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, private_pem: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(API, "https://gate.example", private_pem, "sqlite://")
     client = create_app(settings, store, database_slots=1).test_client()
     entered, release = threading.Event(), threading.Event()
-    accept = store.accept
+    accept = store.deliveries.accept
 
     def waiting_accept(*args: Any, **kwargs: Any) -> Any:
         entered.set()
         release.wait(timeout=30)  # a database lock held elsewhere
         return accept(*args, **kwargs)
 
-    monkeypatch.setattr(store, "accept", waiting_accept)
+    monkeypatch.setattr(store.deliveries, "accept", waiting_accept)
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(post_github, client, deployment_payload(), delivery="d-first")
         assert entered.wait(timeout=30)
@@ -357,22 +359,22 @@ def test_while_the_database_is_stuck_requests_beyond_the_slots_answer_503(
     assert (busy.status_code, busy.json["outcome"]) == (503, "busy")
     assert (callback.status_code, callback.json["outcome"]) == (503, "busy")
     assert (readiness.status_code, health.status_code) == (503, 200)
-    assert store.delivery_ids(1) == ["d-first"]
+    assert store.deliveries.delivery_ids(1) == ["d-first"]
 
 
 def test_a_burst_beyond_the_slots_is_stored_while_the_database_answers(
-    store: GateStore, private_pem: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, private_pem: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GitHub sends one delivery per job of a run, all at once: a slow but answering database stores them all.
     settings = make_settings(API, "https://gate.example", private_pem, "sqlite://")
     client = create_app(settings, store, database_slots=2).test_client()
-    accept = store.accept
+    accept = store.deliveries.accept
 
     def slow_accept(*args: Any, **kwargs: Any) -> Any:
         time.sleep(0.05)
         return accept(*args, **kwargs)
 
-    monkeypatch.setattr(store, "accept", slow_accept)
+    monkeypatch.setattr(store.deliveries, "accept", slow_accept)
     deliveries = [f"d-{n}" for n in range(8)]
     barrier = threading.Barrier(len(deliveries))
 
@@ -382,7 +384,7 @@ def test_a_burst_beyond_the_slots_is_stored_while_the_database_answers(
 
     with ThreadPoolExecutor(len(deliveries)) as pool:
         assert list(pool.map(send, deliveries)) == [202] * len(deliveries)
-    assert sorted(store.delivery_ids(1)) == deliveries
+    assert sorted(store.deliveries.delivery_ids(1)) == deliveries
 
 
 @pytest.mark.parametrize(("lock_timeout", "busy_ms"), [(None, 30_000), (5.0, 5_000), (0.25, 250)])

@@ -18,8 +18,8 @@ from app.http.routes import create_app
 from app.simulators._server import LoopbackServer
 from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
+from app.store import Store
 from app.store.engine import make_engine, migrate
-from app.store.gates import GateStore
 from tests.world import API_KEY, APP_ID, OWNER, REPO, WEBHOOK_SECRET, make_settings, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
@@ -57,7 +57,7 @@ class Deployment:
 class Running(NamedTuple):
     d: Deployment
     webhook_url: str
-    store: GateStore  # the database the worker processes share, read by the test
+    store: Store  # the database the worker processes share, read by the test
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def deployment(tmp_path: Path, private_pem: str, public_pem: bytes) -> Iterator[
         d = Deployment(tmp_path, private_pem, github, stacksona)
         engine = make_engine(d.db)
         migrate(engine)
-        store = GateStore(engine, time.time)
+        store = Store.open(engine, time.time)
         try:
             with LoopbackServer(create_app(d.settings, store)) as web:
                 stacksona.callback_url = web.base_url + "/webhooks/stacksona"
@@ -84,9 +84,9 @@ def kill(process: subprocess.Popen[bytes], sig: int) -> int:
     return process.wait(timeout=15)
 
 
-def the_gate(store: GateStore, when: Callable[[Gate], bool]) -> Gate | None:
+def the_gate(store: Store, when: Callable[[Gate], bool]) -> Gate | None:
     """The one gate, once `when` holds for it."""
-    [gate] = store.list_gates()
+    [gate] = store.gates.list_gates()
     return gate if when(gate) else None
 
 
@@ -125,7 +125,7 @@ def test_sigkill_during_the_review_call_never_answers_twice(deployment: Running)
     worker = d.start_worker()
     try:
         wait_for(lambda: d.github.held("review") or None)
-        [in_flight] = store.list_gates()
+        [in_flight] = store.gates.list_gates()
     finally:
         assert kill(worker, signal.SIGKILL) == -signal.SIGKILL, d.log()
     # The kill landed mid-call: the mark was stored and GitHub holds exactly one unanswered review.

@@ -24,8 +24,8 @@ from app.settings import Settings
 from app.simulators._server import LoopbackServer
 from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
+from app.store import Store
 from app.store.engine import make_engine, migrate
-from app.store.gates import GateStore
 from app.worker.loop import Worker
 from app.worker.services import Services
 
@@ -51,7 +51,7 @@ class FakeClock:
 class World:
     github: GitHubSimulator
     stacksona: StacksonaSimulator
-    store: GateStore
+    store: Store
     worker: Worker
     settings: Settings
     clock: FakeClock
@@ -85,15 +85,15 @@ class World:
         self.settle()
 
     def gate(self, gate_id: int) -> Gate:
-        gate = self.store.get(gate_id)
+        gate = self.store.gates.get(gate_id)
         assert gate is not None
         return gate
 
     def history(self, gate_id: int) -> list[HistoryEntry]:
-        return self.store.history(gate_id)
+        return self.store.gates.history(gate_id)
 
     def open_gates(self) -> list[Gate]:
-        return self.store.list_gates(states=OPEN_STATES)
+        return self.store.gates.list_gates(states=OPEN_STATES)
 
     def final_states(self, run_id: int = 42) -> list[str | None]:
         return [r.body.get("state") for r in self.github.final_reviews(run_id=run_id)]
@@ -136,7 +136,7 @@ def running_world(
         own_engine = engine is None
         db_engine = make_engine(settings.database_url) if engine is None else engine
         migrate(db_engine)
-        store = GateStore(db_engine, clock)
+        store = Store.open(db_engine, clock)
         services = build_services(settings, clock=clock, rand=lambda: 0.5)
         worker = Worker(store, services, owner="test-worker")
         try:

@@ -20,7 +20,7 @@ from app.http.metrics import Metrics
 from app.http.payload import PayloadError, parse_deployment_request
 from app.http.signature import is_valid_signature
 from app.settings import Settings
-from app.store.gates import GateStore
+from app.store import Store
 
 log = logging.getLogger(__name__)
 JsonReply = tuple[Response, int]
@@ -36,7 +36,7 @@ _BUSY: Answer = 503, {"error": "too many requests waiting on the database; retry
 
 def create_app(
     settings: Settings,
-    store: GateStore,
+    store: Store,
     *,
     metrics: Metrics | None = None,
     on_new_work: Callable[[], None] = lambda: None,
@@ -55,12 +55,12 @@ def create_app(
 def _add_webhooks(
     app: Flask,
     settings: Settings,
-    store: GateStore,
+    store: Store,
     slots: DatabaseSlots,
     metrics: Metrics,
     on_new_work: Callable[[], None],
 ) -> None:
-    def answer(handler: Callable[[Settings, GateStore, DatabaseSlots], Answer], counter: str) -> JsonReply:
+    def answer(handler: Callable[[Settings, Store, DatabaseSlots], Answer], counter: str) -> JsonReply:
         status, body = handler(settings, store, slots)
         metrics.count(counter, body.get("outcome", str(status)))
         if status == 202:
@@ -76,7 +76,7 @@ def _add_webhooks(
         return answer(handle_stacksona_callback, "stacksona_gate_callbacks_total")
 
 
-def _add_probes(app: Flask, store: GateStore, slots: DatabaseSlots, metrics: Metrics) -> None:
+def _add_probes(app: Flask, store: Store, slots: DatabaseSlots, metrics: Metrics) -> None:
     @app.get("/healthz")
     def healthz() -> JsonReply:
         return jsonify({"status": "ok"}), 200
@@ -87,7 +87,7 @@ def _add_probes(app: Flask, store: GateStore, slots: DatabaseSlots, metrics: Met
             if not held:
                 return jsonify({"status": "database busy"}), 503
             try:
-                store.ping()
+                store.gates.ping()
             except SQLAlchemyError as exc:
                 log.warning("readiness check failed: %s", type(exc).__name__)
                 return jsonify({"status": "database unreachable"}), 503
@@ -99,7 +99,7 @@ def _add_probes(app: Flask, store: GateStore, slots: DatabaseSlots, metrics: Met
         with slots.held() as held:
             if held:
                 with suppress(SQLAlchemyError):
-                    by_state = store.count_by_state()
+                    by_state = store.gates.count_by_state()
         return Response(metrics.render(by_state), mimetype="text/plain; version=0.0.4")
 
 
@@ -133,7 +133,7 @@ def _header(name: str, limit: int = _MAX_HEADER) -> str:
     return text
 
 
-def handle_github_delivery(settings: Settings, store: GateStore, slots: DatabaseSlots) -> Answer:
+def handle_github_delivery(settings: Settings, store: Store, slots: DatabaseSlots) -> Answer:
     body = _read_body(settings.max_webhook_bytes)
     if body is None:
         return 413, {"error": f"body larger than {settings.max_webhook_bytes} bytes", "outcome": "too_large"}
@@ -183,7 +183,7 @@ def _read_body(limit: int) -> bytes | None:
 
 
 def _store_delivery(
-    settings: Settings, store: GateStore, slots: DatabaseSlots, delivery_id: str, payload: object
+    settings: Settings, store: Store, slots: DatabaseSlots, delivery_id: str, payload: object
 ) -> Answer:
     try:
         deployment = parse_deployment_request(payload, settings.github_api_url)
@@ -194,7 +194,9 @@ def _store_delivery(
             log.warning("delivery %s not stored: every database slot is busy", delivery_id)
             return _BUSY
         try:
-            gate_id, outcome = store.accept(delivery_id, deployment, deadline_seconds=settings.gate_deadline_seconds)
+            gate_id, outcome = store.deliveries.accept(
+                delivery_id, deployment, deadline_seconds=settings.gate_deadline_seconds
+            )
         except SQLAlchemyError as exc:
             # The transaction rolled back: GitHub may redeliver, nothing was stored.
             log.error("delivery %s not stored: %s", delivery_id, _reason(exc))
@@ -219,7 +221,7 @@ def _reason(exc: SQLAlchemyError) -> str:
     return type(exc).__name__
 
 
-def handle_stacksona_callback(settings: Settings, store: GateStore, slots: DatabaseSlots) -> Answer:
+def handle_stacksona_callback(settings: Settings, store: Store, slots: DatabaseSlots) -> Answer:
     if settings.stacksona_webhook_token and not _has_callback_token(settings.stacksona_webhook_token.reveal()):
         return 401, {"error": "missing or wrong callback token", "outcome": "bad_token"}
     data = _json_body()
@@ -236,7 +238,7 @@ def handle_stacksona_callback(settings: Settings, store: GateStore, slots: Datab
         if not held:
             return _BUSY
         try:
-            gate = store.wake(thread_id=thread_id, task_id=task_id)
+            gate = store.gates.wake(thread_id=thread_id, task_id=task_id)
         except SQLAlchemyError as exc:
             log.error("callback not handled: %s", _reason(exc))
             return 503, {"error": "database unavailable", "outcome": "unavailable"}

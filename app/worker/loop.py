@@ -14,7 +14,7 @@ from typing import Any
 
 from app.core.gate import Change, Gate
 from app.core.transitions import after_internal_error
-from app.store.gates import GateStore
+from app.store import Store
 from app.worker.redelivery import CHORE, redeliver_lost_deliveries
 from app.worker.services import Services
 from app.worker.steps import LeaseLost, run_step, tell_stacksona
@@ -38,7 +38,7 @@ class Worker:
 
     def __init__(
         self,
-        store: GateStore,
+        store: Store,
         services: Services,
         *,
         owner: str | None = None,
@@ -111,7 +111,7 @@ class Worker:
         if not running:
             return
         try:
-            lost = self._store.renew(running, lease_seconds=self._lease_seconds)
+            lost = self._store.gates.renew(running, lease_seconds=self._lease_seconds)
         except Exception:
             log.warning("cannot renew the leases of %d running gates (database unavailable?)", len(running))
             return
@@ -120,7 +120,7 @@ class Worker:
 
     def _claim(self, limit: int) -> list[Gate]:
         try:
-            return self._store.claim_due(self._owner, limit=limit, lease_seconds=self._lease_seconds)
+            return self._store.gates.claim_due(self._owner, limit=limit, lease_seconds=self._lease_seconds)
         except Exception:
             log.exception("cannot claim gates (database unavailable?)")
             return []
@@ -131,8 +131,8 @@ class Worker:
         if interval is None:
             return
         try:
-            if self._store.take_turn(CHORE, every_seconds=interval):
-                redeliver_lost_deliveries(self._store, self._svc)
+            if self._store.chores.take_turn(CHORE, every_seconds=interval):
+                redeliver_lost_deliveries(self._store.deliveries, self._svc)
         except Exception:
             log.exception("looking for lost deliveries failed; next try in %.0fs", interval)
 
@@ -160,7 +160,7 @@ class Worker:
             log.exception("gate %s: step failed unexpectedly", gate.id)
             change = after_internal_error(gate, type(exc).__name__, now=self._svc.clock(), rand=self._svc.rand)
         try:
-            written = self._store.apply(gate, change)
+            written = self._store.gates.apply(gate, change)
         except Exception:
             log.exception("gate %s: cannot store the step's result; its lease will expire and it reruns", gate.id)
             return
@@ -172,7 +172,7 @@ class Worker:
             log.warning("gate %s: timeline event not added (%s)", gate.id, problem)
 
     def _mark(self, gate: Gate, values: Mapping[str, Any]) -> bool:
-        return self._store.mark(gate, values, lease_seconds=self._lease_seconds)
+        return self._store.gates.mark(gate, values, lease_seconds=self._lease_seconds)
 
     def _log_change(self, gate: Gate, change: Change) -> None:
         if change.alert:

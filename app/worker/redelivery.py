@@ -1,7 +1,7 @@
 """Ask GitHub to redeliver protection-rule deliveries that never reached our store.
 
 The worker runs this every `GITHUB_REDELIVERY_INTERVAL`, one replica at a time
-(`GateStore.take_turn`); which deliveries qualify is decided in `app.redelivery`.
+(`Chores.take_turn`); which deliveries qualify is decided in `app.core.redelivery`.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import logging
 
 from app.clients.github import GitHubCallFailed
 from app.core.redelivery import EVENT, choose_redeliveries, parse_attempt
-from app.store.gates import GateStore
+from app.store.deliveries import DeliveryStore
 from app.worker.services import Services
 
 log = logging.getLogger(__name__)
 CHORE = "github-redelivery"
 
 
-def redeliver_lost_deliveries(store: GateStore, svc: Services) -> int:
+def redeliver_lost_deliveries(deliveries: DeliveryStore, svc: Services) -> int:
     """Request each qualifying redelivery once; returns how many GitHub queued."""
     now, window = svc.clock(), svc.settings.redelivery_window_seconds
     try:
@@ -26,7 +26,7 @@ def redeliver_lost_deliveries(store: GateStore, svc: Services) -> int:
         log.warning("cannot list the App's webhook deliveries (%s); lost deliveries are not recovered", exc)
         return 0
     attempts = [attempt for attempt in map(parse_attempt, rows) if attempt is not None]
-    stored = store.stored_deliveries(a.guid for a in attempts if a.event == EVENT)
+    stored = deliveries.stored_deliveries(a.guid for a in attempts if a.event == EVENT)
     queued = 0
     for attempt in choose_redeliveries(attempts, stored=stored, now=now, window_seconds=window):
         answer = svc.github.redeliver(attempt.id)

@@ -1,0 +1,177 @@
+"""The gate queue: due gates claimed with a lease, steps' results written only by the lease holder.
+
+Each method is one short transaction with no network I/O inside. A claim bumps
+the gate's generation: a worker whose lease was taken over finds its generation
+stale and cannot overwrite newer state (docs/architecture.md, "Leases, marks and exactly once").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select, text, update
+
+from app.core.gate import FINAL_STATES, OPEN_STATES, Change, Gate, GateState, HistoryEntry
+from app.core.review import answer_again, needs_answer_again
+from app.core.transitions import next_attempt_at
+from app.store.records import gate_from_row, history_entry, plain, reading, record_transition
+from app.store.schema import gate_history, gates
+
+
+class GateQueue:
+    def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def ping(self) -> None:
+        with reading(self._engine) as conn:
+            conn.execute(text("SELECT 1"))
+
+    def claim_due(self, owner: str, *, limit: int, lease_seconds: float) -> list[Gate]:
+        """Lease up to `limit` due gates; each lease bumps the gate's generation."""
+        now = self._clock()
+        with self._engine.begin() as conn:
+            due = (
+                conn.execute(
+                    select(gates.c.id)
+                    .where(gates.c.state.in_(OPEN_STATES), gates.c.next_attempt_at <= now)
+                    .where((gates.c.lease_expires_at.is_(None)) | (gates.c.lease_expires_at < now))
+                    .order_by(gates.c.next_attempt_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+                .scalars()
+                .all()
+            )
+            if not due:
+                return []
+            conn.execute(
+                update(gates)
+                .where(gates.c.id.in_(due))
+                .values(
+                    lease_owner=owner,
+                    lease_expires_at=now + lease_seconds,
+                    generation=gates.c.generation + 1,
+                    woken=False,
+                )
+            )
+            rows = conn.execute(select(gates).where(gates.c.id.in_(due)).order_by(gates.c.next_attempt_at))
+            return [gate_from_row(row._mapping) for row in rows]
+
+    def apply(self, gate: Gate, change: Change) -> Change | None:
+        """Write a step's result if this worker still holds the gate's lease.
+
+        Returns the change as written (a job that joined meanwhile may send the
+        gate back to reporting), or None when the lease was lost.
+        """
+        now = self._clock()
+        with self._engine.begin() as conn:
+            held = conn.execute(
+                select(gates.c.rereview, gates.c.woken)
+                .where(gates.c.id == gate.id, gates.c.generation == gate.generation)
+                .where(gates.c.lease_owner == gate.lease_owner)
+                .with_for_update()
+            ).first()
+            if held is None:
+                return None
+            if needs_answer_again(rereview=held.rereview, before=gate.state, after=change.state):
+                change = answer_again(change, now=now)
+            conn.execute(update(gates).where(gates.c.id == gate.id).values(**_columns(change, now, held.woken)))
+            if change.record or change.state != gate.state:
+                record_transition(conn, gate.id, now, gate.state, change.state, change.reason)
+            return change
+
+    def mark(self, gate: Gate, values: Mapping[str, Any], *, lease_seconds: float) -> bool:
+        """Record that a step is about to call out, if this worker still holds a live lease.
+
+        Some calls cannot be safely repeated blind (a one-time approval token,
+        a review GitHub may already have taken): a later step must know they
+        were attempted even if this worker dies before `apply`. The lease is
+        renewed, so no other worker takes the gate while the call is in flight.
+        """
+        now = self._clock()
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                update(gates)
+                .where(gates.c.id == gate.id, gates.c.generation == gate.generation)
+                .where(gates.c.lease_owner == gate.lease_owner, gates.c.lease_expires_at > now)
+                .values(**values, updated_at=now, lease_expires_at=now + lease_seconds)
+            )
+            return result.rowcount == 1
+
+    def renew(self, running: Sequence[Gate], *, lease_seconds: float) -> list[int]:
+        """Extend the leases of steps still running (the heartbeat); returns the gates whose lease is gone.
+
+        A lease that lapsed but was not claimed by anyone (same generation and
+        owner) is renewed too: nobody else can have started on the gate.
+        """
+        now = self._clock()
+        lost: list[int] = []
+        with self._engine.begin() as conn:
+            for gate in running:
+                held = (gates.c.id == gate.id) & (gates.c.generation == gate.generation)
+                held &= gates.c.lease_owner == gate.lease_owner
+                if conn.execute(update(gates).where(held).values(lease_expires_at=now + lease_seconds)).rowcount != 1:
+                    lost.append(gate.id)
+        return lost
+
+    def wake(self, *, thread_id: str | None, task_id: str | None) -> Gate | None:
+        """Make a gate awaiting review due now; None if no gate has this thread or task.
+
+        Only gates awaiting a reviewer, and not backing off after a failed
+        call, are woken: unauthenticated callbacks must not override `Retry-After`.
+        """
+        now = self._clock()
+        with self._engine.begin() as conn:
+            row = _gate_row(conn, gates.c.thread_id, thread_id) or _gate_row(conn, gates.c.task_id, task_id)
+            if row is None:
+                return None
+            if row.state == GateState.AWAITING_REVIEW and row.attempts == 0:
+                # Conditional: on PostgreSQL the gate may have moved on since it was read.
+                awaiting = (
+                    (gates.c.id == row.id) & (gates.c.state == GateState.AWAITING_REVIEW) & (gates.c.attempts == 0)
+                )
+                conn.execute(update(gates).where(awaiting).values(next_attempt_at=now, woken=True))
+            return gate_from_row(row._mapping)
+
+    def get(self, gate_id: int) -> Gate | None:
+        with reading(self._engine) as conn:
+            row = conn.execute(select(gates).where(gates.c.id == gate_id)).first()
+        return gate_from_row(row._mapping) if row else None
+
+    def list_gates(self, *, limit: int = 50, states: Sequence[str] = ()) -> list[Gate]:
+        query = select(gates).order_by(gates.c.id.desc()).limit(limit)
+        if states:
+            query = query.where(gates.c.state.in_(states))
+        with reading(self._engine) as conn:
+            return [gate_from_row(row._mapping) for row in conn.execute(query)]
+
+    def history(self, gate_id: int) -> list[HistoryEntry]:
+        query = select(gate_history).where(gate_history.c.gate_id == gate_id).order_by(gate_history.c.id)
+        with reading(self._engine) as conn:
+            return [history_entry(r._mapping) for r in conn.execute(query)]
+
+    def count_by_state(self) -> dict[str, int]:
+        query = select(gates.c.state, func.count()).group_by(gates.c.state)
+        with reading(self._engine) as conn:
+            return {state: int(count) for state, count in conn.execute(query)}
+
+
+def _columns(change: Change, now: float, woken: bool) -> dict[str, Any]:
+    values = plain(dict(change.values))
+    if change.state in FINAL_STATES:
+        values |= {"open_key": None, "closed_at": now}
+    return values | {
+        "state": str(change.state),
+        "updated_at": now,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "next_attempt_at": next_attempt_at(change.values, now=now, woken=woken),
+    }
+
+
+def _gate_row(conn: Connection, column: Any, value: str | None) -> Any:
+    if not value:
+        return None
+    return conn.execute(select(gates).where(column == value).order_by(gates.c.id.desc())).first()

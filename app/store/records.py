@@ -1,0 +1,43 @@
+"""Rows to records and back, shared by the gate queue, deliveries and chores."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Connection, Engine, RowMapping, insert
+
+from app.core.gate import Gate, GateState, HistoryEntry
+from app.store.engine import READ_ONLY
+from app.store.schema import gate_history
+
+
+def reading(engine: Engine) -> Connection:
+    """A connection that only reads: under SQLite it takes no write lock (see app/store/engine.py)."""
+    return engine.connect().execution_options(**{READ_ONLY: True})
+
+
+def record_transition(
+    conn: Connection, gate_id: int, at: float, before: GateState | None, after: GateState, reason: str
+) -> None:
+    row = {"gate_id": gate_id, "at": at, "from_state": before and str(before), "to_state": str(after), "reason": reason}
+    conn.execute(insert(gate_history).values(**row))
+
+
+def gate_from_row(row: RowMapping) -> Gate:
+    data = {name: row[name] for name in Gate.__dataclass_fields__}
+    data["pull_requests"] = tuple(json.loads(row["pull_requests"] or "[]"))
+    data["status_reported"] = bool(row["status_reported"])
+    data["state"] = GateState(row["state"])
+    data["verdict"] = GateState(row["verdict"]) if row["verdict"] else None
+    return Gate(**data)
+
+
+def history_entry(row: RowMapping) -> HistoryEntry:
+    before = GateState(row["from_state"]) if row["from_state"] else None
+    return HistoryEntry(row["at"], before, GateState(row["to_state"]), row["reason"])
+
+
+def plain(values: dict[str, Any]) -> dict[str, Any]:
+    """Enum members as their stored text."""
+    return {key: str(value) if isinstance(value, GateState) else value for key, value in values.items()}
