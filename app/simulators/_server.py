@@ -16,41 +16,35 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
+
+from app.simulators._http11 import KeepAliveWSGIServer
 
 _log = logging.getLogger(__name__)
 _MAX_HOLD_SECONDS = 60.0
 
 
-class _QuietRequestHandler(WSGIRequestHandler):
-    """Keeps werkzeug's access log out of stderr: query strings can carry callback tokens."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        return None
-
-    def log(self, type: str, message: str, *args: Any) -> None:
-        # The template only: its arguments can hold a request line with a token in it.
-        _log.debug("simulator %s: %s", type, message)
-
-
 class LoopbackServer:
-    """Serves one WSGI app on 127.0.0.1 (random free port) from a daemon thread."""
+    """Serves one WSGI app on 127.0.0.1 (random free port) from daemon threads, with HTTP/1.1 keep-alive.
+
+    Keep-alive because GitHub keeps connections open: a server closing each one
+    would hide a client that opens a connection per call (see `_http11`).
+    """
 
     def __init__(self, app: WSGIApplication) -> None:
         self._app = app
-        self._server: BaseWSGIServer | None = None
+        self._server: KeepAliveWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> Self:
         if self._server is not None:
             raise RuntimeError("server already started")
-        server = make_server("127.0.0.1", 0, self._app, threaded=True, request_handler=_QuietRequestHandler)
+        server = KeepAliveWSGIServer(self._app)
         # A short poll interval keeps stop() fast; tests start and stop many servers.
         thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.05},
-            name=f"loopback-{server.server_port}",
+            name=f"loopback-{server.port}",
             daemon=True,
         )
         thread.start()
@@ -58,11 +52,13 @@ class LoopbackServer:
         return self
 
     def stop(self) -> None:
+        """Stops accepting and ends kept-alive connections, without waiting for calls in flight."""
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
         server.shutdown()
         server.server_close()
+        server.close_connections()
         thread.join(timeout=5)
         self._thread = None
 
@@ -70,7 +66,12 @@ class LoopbackServer:
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("server not started")
-        return int(self._server.server_port)
+        return self._server.port
+
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections accepted since the start (0 before it)."""
+        return 0 if self._server is None else self._server.connections_opened
 
     @property
     def base_url(self) -> str:
@@ -234,6 +235,11 @@ class SimulatorBase:
     def held(self, route: str) -> int:
         """How many calls to `route` are in flight on a hold right now."""
         return self._faults.held(route)
+
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections clients opened to this simulator: a client reusing its connections opens few."""
+        return self._server.connections_opened
 
     def start(self) -> Self:
         self._server.start()
