@@ -73,13 +73,13 @@ def _web(args: argparse.Namespace) -> int:
 
 
 def _run_gunicorn(settings: Settings, *, with_worker: bool, processes: int) -> int:
-    from app.server import GateServer
+    from app.server import REQUEST_THREADS, GateServer
 
     open_database(settings.database_url).dispose()  # migrate once, before any process forks
     log.info(
         "listening on %s:%s (worker %s)", settings.host, settings.port, "in-process" if with_worker else "separate"
     )
-    GateServer(settings, with_worker=with_worker, processes=processes, threads=8).run()
+    GateServer(settings, with_worker=with_worker, processes=processes, threads=REQUEST_THREADS).run()
     return 0
 
 

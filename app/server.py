@@ -24,7 +24,10 @@ ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss'
 # request waits at most this long for another writer, then answers 503 (nothing
 # stored) while GitHub still listens. The worker keeps its patient engine.
 WEB_LOCK_TIMEOUT_SECONDS = 5.0
-# Request threads never lent to the database, so /healthz answers whatever it does.
+# Request threads per process: a few use the database, more may queue for it
+# (bursts), and the rest never wait on it, so /healthz answers whatever it does.
+REQUEST_THREADS = 16
+DATABASE_SLOTS = 6
 PROBE_THREADS = 2
 
 
@@ -48,7 +51,8 @@ class GateServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings, *, with_worker: bool, processes: int, threads: int) -> None:
         self._settings = settings
         self._with_worker = with_worker
-        self._database_slots = max(1, threads - PROBE_THREADS)
+        self._database_slots = min(DATABASE_SLOTS, max(1, threads - PROBE_THREADS))
+        self._database_queue = max(0, threads - PROBE_THREADS - self._database_slots)
         self._stop = threading.Event()
         self._gate_worker: tuple[Worker, threading.Thread] | None = None
         self._options: dict[str, Any] = {
@@ -80,12 +84,20 @@ class GateServer(BaseApplication):  # type: ignore[misc]
         engine = make_engine(self._settings.database_url, lock_timeout_seconds=WEB_LOCK_TIMEOUT_SECONDS)
         store = Store.open(engine, time.time)
         if not self._with_worker:
-            return create_app(self._settings, store, database_slots=self._database_slots)
+            return create_app(
+                self._settings, store, database_slots=self._database_slots, database_queue=self._database_queue
+            )
         worker = build_runtime(self._settings).worker()
         thread = threading.Thread(target=worker.run, args=(self._stop,), name="gate-worker", daemon=True)
         thread.start()
         self._gate_worker = (worker, thread)
-        return create_app(self._settings, store, database_slots=self._database_slots, on_new_work=worker.wakeup.set)
+        return create_app(
+            self._settings,
+            store,
+            database_slots=self._database_slots,
+            database_queue=self._database_queue,
+            on_new_work=worker.wakeup.set,
+        )
 
     def _stop_gate_worker(self, _server: object, _process: object) -> None:
         """Let the in-process worker finish its current steps (bounded by gunicorn's graceful timeout)."""

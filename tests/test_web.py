@@ -21,10 +21,8 @@ from app.http.routes import create_app
 from app.http.signature import sign
 from app.store import Store
 from app.store.engine import make_engine, migrate
-from tests.test_payload import payload as deployment_payload
+from tests.support.payloads import API, deployment_payload
 from tests.world import WEBHOOK_SECRET, make_settings
-
-API = "https://api.github.com"
 
 
 @pytest.fixture
@@ -338,7 +336,7 @@ def test_while_the_database_is_stuck_requests_beyond_the_slots_answer_503(
     store: Store, private_pem: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(API, "https://gate.example", private_pem, "sqlite://")
-    client = create_app(settings, store, database_slots=1).test_client()
+    client = create_app(settings, store, database_slots=1, database_queue=0).test_client()
     entered, release = threading.Event(), threading.Event()
     accept = store.deliveries.accept
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
-import time
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,46 +29,34 @@ def clean_text(value: str, *, limit: int) -> str | None:
 
 
 class DatabaseSlots:
-    """How many request threads may wait on the database at once.
+    """How many request threads may use the database at once, and how many may queue for it.
 
-    While the database answers, a request waits for a free slot: GitHub sends a
-    burst of deliveries at once (one per job of a run). Once every slot has been
-    held for `stuck_after` seconds the database is not answering (another writer
-    holds it): a request beyond the slots then answers 503 at once instead of
-    taking a thread /healthz needs, and GitHub hears back within its 10 s deadline.
+    GitHub sends a burst of deliveries at once (one per job of a run): a request
+    beyond the slots queues for one, up to `max_wait` seconds, so a slow but
+    answering database stores the whole burst. The queue is bounded too, so a
+    stuck database (another writer holds it) never takes every request thread:
+    beyond slots + queue a request answers 503 at once, and /healthz always
+    finds a thread. `max_wait` plus the web engine's lock timeout stays under
+    GitHub's 10 s deadline.
     """
 
-    def __init__(self, slots: int, *, stuck_after: float = 0.5, max_wait: float = 2.0) -> None:
+    def __init__(self, slots: int, *, queue: int, max_wait: float = 2.5) -> None:
         self._free = threading.BoundedSemaphore(max(1, slots))
-        self._stuck_after, self._max_wait = stuck_after, max_wait
-        self._lock = threading.Lock()
-        self._taken_at: dict[int, float] = {}
-        self._tickets = itertools.count()
+        self._admitted = threading.BoundedSemaphore(max(1, slots) + max(0, queue))
+        self._max_wait = max_wait
 
     @contextmanager
-    def held(self) -> Iterator[bool]:
-        if not self._acquire():
+    def held(self, *, wait: bool = True) -> Iterator[bool]:
+        """True while a slot is held; False when none could be had (answer 503)."""
+        if not self._admitted.acquire(blocking=False):
             yield False
             return
-        ticket = next(self._tickets)
-        with self._lock:
-            self._taken_at[ticket] = time.monotonic()
         try:
-            yield True
+            taken = self._free.acquire(timeout=self._max_wait) if wait else self._free.acquire(blocking=False)
+            try:
+                yield taken
+            finally:
+                if taken:
+                    self._free.release()
         finally:
-            with self._lock:
-                del self._taken_at[ticket]
-            self._free.release()
-
-    def _acquire(self) -> bool:
-        give_up_at = time.monotonic() + self._max_wait
-        while (patience := min(self._patience(), give_up_at - time.monotonic())) > 0:
-            if self._free.acquire(timeout=patience):
-                return True
-        return self._free.acquire(blocking=False)
-
-    def _patience(self) -> float:
-        """Until the oldest holder has held its slot `stuck_after` seconds (slots that turn over renew it)."""
-        with self._lock:
-            oldest = min(self._taken_at.values(), default=time.monotonic())
-        return oldest + self._stuck_after - time.monotonic()
+            self._admitted.release()

@@ -31,6 +31,7 @@ MAX_THREAD_ID = 200
 MAX_TASK_ID = 120
 _MAX_HEADER = 200
 DEFAULT_DATABASE_SLOTS = 6
+DEFAULT_DATABASE_QUEUE = 8
 _BUSY: Answer = 503, {"error": "too many requests waiting on the database; retry later", "outcome": "busy"}
 
 
@@ -41,11 +42,12 @@ def create_app(
     metrics: Metrics | None = None,
     on_new_work: Callable[[], None] = lambda: None,
     database_slots: int = DEFAULT_DATABASE_SLOTS,
+    database_queue: int = DEFAULT_DATABASE_QUEUE,
 ) -> Flask:
     app = Flask("app")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_webhook_bytes
     metrics = metrics or Metrics()
-    slots = DatabaseSlots(database_slots)
+    slots = DatabaseSlots(database_slots, queue=database_queue)
     _add_webhooks(app, settings, store, slots, metrics, on_new_work)
     _add_probes(app, store, slots, metrics)
     _add_error_answers(app, settings)
@@ -83,7 +85,7 @@ def _add_probes(app: Flask, store: Store, slots: DatabaseSlots, metrics: Metrics
 
     @app.get("/readyz")
     def readyz() -> JsonReply:
-        with slots.held() as held:
+        with slots.held(wait=False) as held:  # a probe never queues
             if not held:
                 return jsonify({"status": "database busy"}), 503
             try:
@@ -96,7 +98,7 @@ def _add_probes(app: Flask, store: Store, slots: DatabaseSlots, metrics: Metrics
     @app.get("/metrics")
     def metrics_page() -> Response:
         by_state: dict[str, int] = {}
-        with slots.held() as held:
+        with slots.held(wait=False) as held:
             if held:
                 with suppress(SQLAlchemyError):
                     by_state = store.gates.count_by_state()
