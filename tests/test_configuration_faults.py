@@ -11,8 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.core.gate import GateState
 from app.core.secret import Secret
@@ -65,13 +63,9 @@ def test_an_unsupported_api_version_retries_loudly_until_fixed(
 
 
 def test_a_wrong_app_key_retries_and_names_the_fix_every_time(
-    tmp_path: Path, private_pem: str, public_pem: bytes, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, private_pem: str, public_pem: bytes, other_private_pem: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    wrong_pem = other_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    with running_world(tmp_path, private_pem, public_pem, github_private_key=Secret(wrong_pem)) as world:
+    with running_world(tmp_path, private_pem, public_pem, github_private_key=Secret(other_private_pem)) as world:
         world.stacksona.script("api", "allow")
         gate_id = world.deploy("api")
         world.settle()

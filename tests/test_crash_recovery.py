@@ -7,17 +7,15 @@ or, on PostgreSQL, on another replica without one.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from app.core.gate import FINAL_STATES, GateState
 from app.http.routes import create_app
@@ -27,7 +25,8 @@ from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
 from app.store import Store
 from app.store.engine import make_engine, migrate
-from tests.conftest import POSTGRES_URL_VARIABLE
+from tests.support.postgres import throwaway_schema_url
+from tests.support.processes import app_environment, spawn_app
 from tests.world import API_KEY, APP_ID, OWNER, REPO, WEBHOOK_SECRET, make_settings, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
@@ -49,25 +48,12 @@ class Site:
     ):
         self.tmp_path, self.github, self.stacksona = tmp_path, github, stacksona
         self.settings = make_settings(github.url, stacksona.url, private_pem, database_url)
-        self.env = {
-            "PATH": os.environ.get("PATH", ""),
-            "GITHUB_APP_ID": str(APP_ID),
-            "GITHUB_PRIVATE_KEY": private_pem.replace("\n", "\\n"),
-            "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "GITHUB_API_URL": github.url,
-            "STACKSONA_GATE_URL": stacksona.url,
-            "STACKSONA_API_KEY": API_KEY,
-            "DATABASE_URL": database_url,
-            "WORKER_CONCURRENCY": "2",
-            # WORKER_LEASE is left at its default: the target holds for default settings.
-        }
+        # WORKER_LEASE is left at its default: the target holds for default settings.
+        self.env = app_environment(private_pem, github.url, stacksona.url, database_url) | {"WORKER_CONCURRENCY": "2"}
         self.workers: list[subprocess.Popen[bytes]] = []
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        with open(self.tmp_path / "workers.log", "ab") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "app", "worker"], env=self.env, cwd=self.tmp_path, stdout=log, stderr=log
-            )
+        worker = spawn_app("worker", self.env, self.tmp_path, self.tmp_path / "workers.log")
         self.workers.append(worker)
         return worker
 
@@ -86,20 +72,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'gates.db'}"
         return
-    url = os.environ.get(POSTGRES_URL_VARIABLE)
-    if not url:
-        pytest.skip(f"PostgreSQL tests need {POSTGRES_URL_VARIABLE}")
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(url)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        # Every process of the site (this test and the worker processes) uses the test's own schema.
-        yield f"{url}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    # Every process of the site (this test and the worker processes) uses the test's own schema.
+    with throwaway_schema_url() as url:
+        yield url
 
 
 @pytest.fixture

@@ -28,10 +28,9 @@ from app.http.signature import sign
 from app.server import AccessLogger, printable
 from app.store import Store
 from app.store.engine import make_engine, migrate
-from tests.test_payload import payload as deployment_payload
+from tests.support.payloads import API, deployment_payload
 from tests.world import WEBHOOK_SECRET, make_settings
 
-API = "https://api.github.com"
 FUZZ = settings(
     max_examples=int(os.environ.get("STACKSONA_FUZZ_EXAMPLES", "200")),
     deadline=None,

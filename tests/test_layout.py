@@ -69,3 +69,57 @@ def test_every_module_is_in_a_layer_or_an_entry_point() -> None:
     entry_points = {"__init__", "__main__", "cli", "server", "runtime", "demo", "gates_report"}
     loose = [p.name for p in APP.glob("*.py") if p.stem not in entry_points and p.stem not in ALLOWED]
     assert not loose, f"modules outside the layout: {loose}"
+
+
+# --- Tests share helpers through tests/support, never through each other ----------------------
+
+TESTS = Path(__file__).resolve().parent
+
+
+def names_imported(source: str, package: tuple[str, ...]) -> set[str]:
+    """Every module (and `module.name`) that `source` imports, relative imports resolved within `package`."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            module = ".".join((*base, node.module or "")).strip(".")
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def imported_test_modules(source: str, package: tuple[str, ...] = ("tests",)) -> list[str]:
+    """What `source` imports from test modules or conftest (a test function imported is collected twice, too)."""
+    return sorted(name for name in names_imported(source, package) if _names_a_test_module(name))
+
+
+def _names_a_test_module(name: str) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    return last == "conftest" or last.startswith("test_")
+
+
+@pytest.mark.parametrize(
+    ("source", "package", "expected"),
+    [
+        ("from tests.test_payload import payload", ("tests",), ["tests.test_payload"]),
+        ("from tests.conftest import POSTGRES_URL_VARIABLE", ("tests",), ["tests.conftest"]),
+        ("import tests.test_web", ("tests",), ["tests.test_web"]),
+        ("from tests import test_web", ("tests",), ["tests.test_web"]),
+        ("from .test_payload import payload", ("tests",), ["tests.test_payload"]),
+        ("from . import conftest", ("tests",), ["tests.conftest"]),
+        ("from ..test_web import client", ("tests", "support"), ["tests.test_web"]),
+        ("from tests.support.payloads import deployment_payload", ("tests",), []),
+        ("from tests.world import running_world\nimport pytest", ("tests",), []),
+    ],
+)
+def test_imports_of_test_modules_are_found(source: str, package: tuple[str, ...], expected: list[str]) -> None:
+    assert imported_test_modules(source, package) == expected
+
+
+@pytest.mark.parametrize("path", sorted(TESTS.rglob("test_*.py")), ids=lambda p: str(p.relative_to(TESTS)))
+def test_no_test_module_imports_another_or_conftest(path: Path) -> None:
+    package = path.relative_to(TESTS.parent).with_suffix("").parts[:-1]
+    wrong = imported_test_modules(path.read_text(encoding="utf-8"), package)
+    assert not wrong, f"{path.relative_to(TESTS)} imports {wrong}: move what is shared into tests/support/"

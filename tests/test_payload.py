@@ -1,37 +1,17 @@
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.http.payload import PayloadError, parse_callback_url, parse_deployment_request
+from tests.support.payloads import API, CANONICAL_CALLBACK, deployment_payload, recorded_delivery
 
-API = "https://api.github.com"
 GHES = "https://ghe.example.com/api/v3"
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def payload(**overrides: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "action": "requested",
-        "environment": "production",
-        "event": "push",
-        "sha": "a" * 40,
-        "ref": "main",
-        "deployment_callback_url": f"{API}/repos/acme/shop/actions/runs/42/deployment_protection_rule",
-        "deployment": {"id": 7, "environment": "production"},
-        "pull_requests": [{"number": 5}, {"number": 8}],
-        "repository": {"id": 1000, "name": "shop", "full_name": "acme/shop", "owner": {"login": "acme"}},
-        "installation": {"id": 99},
-        "sender": {"login": "octocat"},
-    }
-    data.update(overrides)
-    return data
 
 
 def test_parses_a_full_payload() -> None:
-    request = parse_deployment_request(payload(), API)
+    request = parse_deployment_request(deployment_payload(), API)
     assert (request.owner, request.repo, request.full_name) == ("acme", "shop", "acme/shop")
     assert (request.run_id, request.installation_id, request.repository_id) == (42, 99, 1000)
     assert (request.environment, request.event, request.actor) == ("production", "push", "octocat")
@@ -53,7 +33,7 @@ def test_parses_a_full_payload() -> None:
     ids=["deployment-null", "deployment-minimal", "no-prs", "prs-null", "no-sender", "no-sha-ref", "extra-field"],
 )
 def test_lenient_on_fields_the_gate_does_not_need(changes: dict[str, Any]) -> None:
-    request = parse_deployment_request(payload(**changes), API)
+    request = parse_deployment_request(deployment_payload(**changes), API)
     assert request.run_id == 42
 
 
@@ -81,7 +61,7 @@ def test_lenient_on_fields_the_gate_does_not_need(changes: dict[str, Any]) -> No
     ],
 )
 def test_rejects_payloads_missing_what_the_gate_needs(mutate: Any, message: str) -> None:
-    data = copy.deepcopy(payload())
+    data = copy.deepcopy(deployment_payload())
     mutate(data)
     with pytest.raises(PayloadError, match=message):
         parse_deployment_request(data, API)
@@ -138,32 +118,31 @@ def test_callback_url_rejected(url: str, base: str) -> None:
 
 # --- Defect 3: control characters and percent-encoding tricks in the callback URL --------------
 
-CANONICAL = f"{API}/repos/acme/shop/actions/runs/42/deployment_protection_rule"
 TRICKY_CALLBACKS = {
-    "trailing-LF": CANONICAL + "\n",
-    "trailing-CRLF": CANONICAL + "\r\n",
-    "tab-inside": CANONICAL.replace("/actions", "/act\tions"),
-    "LF-in-host": CANONICAL.replace("api.github", "api.git\nhub"),
-    "leading-space": " " + CANONICAL,
-    "trailing-space": CANONICAL + " ",
-    "NUL": CANONICAL + "\x00",
-    "DEL": CANONICAL.replace("/repos", "/re\x7fpos"),
-    "C1-NEL": CANONICAL + "\x85",
-    "escape": "\x1b" + CANONICAL,
+    "trailing-LF": CANONICAL_CALLBACK + "\n",
+    "trailing-CRLF": CANONICAL_CALLBACK + "\r\n",
+    "tab-inside": CANONICAL_CALLBACK.replace("/actions", "/act\tions"),
+    "LF-in-host": CANONICAL_CALLBACK.replace("api.github", "api.git\nhub"),
+    "leading-space": " " + CANONICAL_CALLBACK,
+    "trailing-space": CANONICAL_CALLBACK + " ",
+    "NUL": CANONICAL_CALLBACK + "\x00",
+    "DEL": CANONICAL_CALLBACK.replace("/repos", "/re\x7fpos"),
+    "C1-NEL": CANONICAL_CALLBACK + "\x85",
+    "escape": "\x1b" + CANONICAL_CALLBACK,
     "encoded-slash": f"{API}/repos/acme%2Fshop/actions/runs/42/deployment_protection_rule",
     "encoded-dot-dot": f"{API}/repos/acme/%2e%2e/shop/actions/runs/42/deployment_protection_rule",
     "encoded-owner": f"{API}/repos/%61cme/shop/actions/runs/42/deployment_protection_rule",
     "encoded-run-id": f"{API}/repos/acme/shop/actions/runs/%34%32/deployment_protection_rule",
     "dot-segment": f"{API}/repos/acme/shop/./actions/runs/42/deployment_protection_rule",
     "double-slash": f"{API}//repos/acme/shop/actions/runs/42/deployment_protection_rule",
-    "trailing-slash": CANONICAL + "/",
-    "empty-query": CANONICAL + "?",
-    "empty-fragment": CANONICAL + "#",
-    "empty-userinfo": CANONICAL.replace("https://", "https://@"),
-    "backslash": CANONICAL.replace("/actions", "\\actions"),
-    "leading-zero-run": CANONICAL.replace("/42/", "/042/"),
-    "fullwidth-letter": CANONICAL.replace("acme", "\uff41cme"),
-    "surrogate": CANONICAL + "\ud800",
+    "trailing-slash": CANONICAL_CALLBACK + "/",
+    "empty-query": CANONICAL_CALLBACK + "?",
+    "empty-fragment": CANONICAL_CALLBACK + "#",
+    "empty-userinfo": CANONICAL_CALLBACK.replace("https://", "https://@"),
+    "backslash": CANONICAL_CALLBACK.replace("/actions", "\\actions"),
+    "leading-zero-run": CANONICAL_CALLBACK.replace("/42/", "/042/"),
+    "fullwidth-letter": CANONICAL_CALLBACK.replace("acme", "\uff41cme"),
+    "surrogate": CANONICAL_CALLBACK + "\ud800",
 }
 
 
@@ -177,14 +156,14 @@ def test_a_callback_url_ending_in_newline_is_refused_in_a_payload() -> None:
     with pytest.raises(
         PayloadError, match=r"deployment_callback_url must not contain control characters \(found U\+000A"
     ):
-        parse_deployment_request(payload(deployment_callback_url=CANONICAL + "\n"), API)
+        parse_deployment_request(deployment_payload(deployment_callback_url=CANONICAL_CALLBACK + "\n"), API)
 
 
 # --- Defects 2 and 3: every string kept or compared is plain, encodable text -------------------
 
 
 def _set(path: str, value: object) -> dict[str, Any]:
-    data = copy.deepcopy(payload())
+    data = copy.deepcopy(deployment_payload())
     *parents, last = path.split(".")
     target = data
     for key in parents:
@@ -248,7 +227,7 @@ def test_lone_surrogates_are_refused_naming_the_field(path: str, bad: str) -> No
 
 
 def test_non_ascii_text_and_surrogate_pairs_are_kept() -> None:
-    data = json.loads(json.dumps(payload(environment="prød 🚀", sender={"login": "zoë"}), ensure_ascii=True))
+    data = json.loads(json.dumps(deployment_payload(environment="prød 🚀", sender={"login": "zoë"}), ensure_ascii=True))
     assert '"\\ud83d\\ude80"' in json.dumps("🚀")  # the pair travels as two escapes and decodes to one character
     request = parse_deployment_request(data, API)
     assert (request.environment, request.actor) == ("prød 🚀", "zoë")
@@ -278,7 +257,7 @@ REF_CASES = [
 def test_ref_and_sha_come_from_the_top_level_then_from_deployment(
     top: dict[str, Any], deployment: dict[str, Any] | None, expected: tuple[str, str]
 ) -> None:
-    data = payload(deployment=deployment)
+    data = deployment_payload(deployment=deployment)
     del data["ref"], data["sha"]
     request = parse_deployment_request(data | top, API)
     assert (request.ref, request.sha) == expected
@@ -287,17 +266,12 @@ def test_ref_and_sha_come_from_the_top_level_then_from_deployment(
 # --- Both real delivery shapes, as kept in tests/fixtures ---------------------------------------
 
 
-def fixture(shape: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((FIXTURES / f"deployment_protection_rule.{shape}.json").read_text())
-    return data
-
-
 @pytest.mark.parametrize(
     ("shape", "ref", "deployment_id"),
     [("captured", "main", 145988746), ("schema", "master", 145988746)],
 )
 def test_both_real_delivery_shapes_parse(shape: str, ref: str, deployment_id: int) -> None:
-    request = parse_deployment_request(fixture(shape), API)
+    request = parse_deployment_request(recorded_delivery(shape), API)
     assert (request.owner, request.repo, request.run_id) == ("Codertocat", "Hello-World", 9876543210)
     assert (request.environment, request.event, request.actor) == ("production", "push", "Codertocat")
     assert (request.ref, request.sha) == (ref, "f95f852bd8fca8fcc58a9a2d6c842781e32a215e")
@@ -309,7 +283,7 @@ def test_both_real_delivery_shapes_parse(shape: str, ref: str, deployment_id: in
 
 
 def test_fixtures_differ_exactly_where_github_drifts() -> None:
-    captured, schema = fixture("captured"), fixture("schema")
+    captured, schema = recorded_delivery("captured"), recorded_delivery("schema")
     assert "ref" not in schema and "sha" not in schema
     assert {"ref", "sha"} <= set(schema["deployment"])
     assert (captured["ref"], set(captured["deployment"])) == ("main", {"id", "environment"})

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from app.http.routes import create_app
 from app.http.signature import sign
 from app.store import Store
-from tests.test_payload import API, CANONICAL, fixture, payload
+from tests.support.payloads import API, CANONICAL_CALLBACK, deployment_payload, recorded_delivery
 from tests.world import WEBHOOK_SECRET, make_settings
 
 
@@ -41,22 +41,28 @@ def post_signed(client: FlaskClient, body: dict[str, Any], delivery: str = "d-1"
 
 
 HOSTILE = {
-    "environment-surrogate": (payload(environment="prod\ud800"), "environment"),
-    "ref-surrogate": (payload(ref="main\udfff"), "ref"),
-    "sha-surrogate": (payload(sha="\ud800" * 40), "sha"),
-    "sender-surrogate": (payload(sender={"login": "oct\udc00cat"}), "sender.login"),
-    "event-surrogate": (payload(event="\ud83d"), "event"),
+    "environment-surrogate": (deployment_payload(environment="prod\ud800"), "environment"),
+    "ref-surrogate": (deployment_payload(ref="main\udfff"), "ref"),
+    "sha-surrogate": (deployment_payload(sha="\ud800" * 40), "sha"),
+    "sender-surrogate": (deployment_payload(sender={"login": "oct\udc00cat"}), "sender.login"),
+    "event-surrogate": (deployment_payload(event="\ud83d"), "event"),
     "deployment-ref-surrogate": (
-        {k: v for k, v in payload(deployment={"id": 7, "ref": "\ud800"}).items() if k != "ref"},
+        {k: v for k, v in deployment_payload(deployment={"id": 7, "ref": "\ud800"}).items() if k != "ref"},
         "deployment.ref",
     ),
-    "callback-newline": (payload(deployment_callback_url=CANONICAL + "\n"), "deployment_callback_url"),
-    "callback-encoded-owner": (
-        payload(deployment_callback_url=CANONICAL.replace("/acme/", "/%61cme/")),
+    "callback-newline": (
+        deployment_payload(deployment_callback_url=CANONICAL_CALLBACK + "\n"),
         "deployment_callback_url",
     ),
-    "environment-tab": (payload(environment="prod\tuction"), "environment"),
-    "owner-C1": (payload(repository={"id": 1000, "name": "shop", "owner": {"login": "acme\x85"}}), "owner.login"),
+    "callback-encoded-owner": (
+        deployment_payload(deployment_callback_url=CANONICAL_CALLBACK.replace("/acme/", "/%61cme/")),
+        "deployment_callback_url",
+    ),
+    "environment-tab": (deployment_payload(environment="prod\tuction"), "environment"),
+    "owner-C1": (
+        deployment_payload(repository={"id": 1000, "name": "shop", "owner": {"login": "acme\x85"}}),
+        "owner.login",
+    ),
 }
 
 
@@ -76,14 +82,14 @@ def test_hostile_strings_are_400_naming_the_field_and_store_nothing(
 def test_both_real_delivery_shapes_are_stored_with_their_ref(
     client: FlaskClient, store: Store, shape: str, ref: str
 ) -> None:
-    response = post_signed(client, fixture(shape))
+    response = post_signed(client, recorded_delivery(shape))
     assert response.status_code == 202, response.json
     [gate] = store.gates.list_gates()
     assert (gate.ref, gate.sha) == (ref, "f95f852bd8fca8fcc58a9a2d6c842781e32a215e")
 
 
 def test_non_ascii_names_are_stored_intact(client: FlaskClient, store: Store) -> None:
-    response = post_signed(client, payload(environment="prød 🚀", sender={"login": "zoë"}))
+    response = post_signed(client, deployment_payload(environment="prød 🚀", sender={"login": "zoë"}))
     assert response.status_code == 202, response.json
     [gate] = store.gates.list_gates()
     assert (gate.environment, gate.actor) == ("prød 🚀", "zoë")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,16 +16,10 @@ import pytest
 from app.http.signature import sign
 from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
-from tests.test_worker_process import Deployment
+from tests.support.processes import Deployment, free_port, spawn_app
 from tests.world import API_KEY, APP_ID, OWNER, REPO, WEBHOOK_SECRET, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Served:
@@ -46,10 +39,7 @@ def served(tmp_path: Path, private_pem: str, public_pem: bytes) -> Iterator[Serv
         d = Deployment(tmp_path, private_pem, github, stacksona)
         port = free_port()
         env = d.env | {"PORT": str(port), "HOST": "127.0.0.1", "MAX_WEBHOOK_BYTES": "65536"}
-        with open(tmp_path / "serve.log", "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve"], env=env, cwd=tmp_path, stdout=log, stderr=log
-            )
+        process = spawn_app("serve", env, tmp_path, tmp_path / "serve.log")
         served = Served(d, process, f"http://127.0.0.1:{port}")
         stacksona.callback_url = served.base_url + "/webhooks/stacksona"
         try:

@@ -20,7 +20,6 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.http.signature import sign as webhook_signature
@@ -30,36 +29,16 @@ from app.simulators.github import DEFAULT_SHA, GitHubSimulator
 from app.simulators.github_deliveries import GHES_REDELIVERY_WINDOW, REDELIVERY_WINDOW, DeliveryLog
 from app.simulators.github_webhooks import HookIdentity
 from app.simulators.stacksona import StacksonaSimulator
+from tests.support.keys import public_pem_of
 
 APP_ID = 4242
 API_KEY = "sg_test_key"
 RUN: dict[str, Any] = {"owner": "acme", "repo": "shop", "run_id": 77, "environment": "production"}
 
 
-def _pem(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-@pytest.fixture(scope="module")
-def app_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def other_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
 @pytest.fixture
-def github(app_key: rsa.RSAPrivateKey) -> Iterator[GitHubSimulator]:
-    public = app_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    with GitHubSimulator(app_id=APP_ID, public_key_pem=public) as sim:
+def github(public_pem: bytes) -> Iterator[GitHubSimulator]:
+    with GitHubSimulator(app_id=APP_ID, public_key_pem=public_pem) as sim:
         yield sim
 
 
@@ -118,10 +97,10 @@ def review(github: GitHubSimulator, token: str, body: dict[str, Any]) -> httpx.R
 # --- GitHub: App authentication ---------------------------------------------------------
 
 
-def test_valid_jwt_gets_an_installation_token(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+def test_valid_jwt_gets_an_installation_token(github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey) -> None:
     response = httpx.post(
         f"{github.url}/app/installations/9/access_tokens",
-        headers={"Authorization": f"Bearer {make_jwt(app_key)}"},
+        headers={"Authorization": f"Bearer {make_jwt(rsa_key)}"},
     )
     assert response.status_code == 201
     data = response.json()
@@ -131,8 +110,8 @@ def test_valid_jwt_gets_an_installation_token(github: GitHubSimulator, app_key: 
     assert github.token_requests == [9]
 
 
-def test_token_lengths_vary(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
-    lengths = {len(get_token(github, app_key)) for _ in range(12)}
+def test_token_lengths_vary(github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey) -> None:
+    lengths = {len(get_token(github, rsa_key)) for _ in range(12)}
     assert len(lengths) > 1
 
 
@@ -156,11 +135,11 @@ def test_token_lengths_vary(github: GitHubSimulator, app_key: rsa.RSAPrivateKey)
 )
 def test_bad_jwt_is_refused(
     github: GitHubSimulator,
-    app_key: rsa.RSAPrivateKey,
-    other_key: rsa.RSAPrivateKey,
+    rsa_key: rsa.RSAPrivateKey,
+    other_rsa_key: rsa.RSAPrivateKey,
     make_header: Any,
 ) -> None:
-    header = make_header(app_key, other_key)
+    header = make_header(rsa_key, other_rsa_key)
     response = httpx.post(f"{github.url}/app/installations/1/access_tokens", headers={"Authorization": header})
     assert response.status_code == 401
     assert response.json()["message"] == "A JSON web token could not be decoded"
@@ -170,9 +149,9 @@ def test_bad_jwt_is_refused(
 # --- GitHub: reviews ---------------------------------------------------------------------
 
 
-def test_approval_is_accepted_once_and_recorded(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+def test_approval_is_accepted_once_and_recorded(github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey) -> None:
     github.open_deployment(**RUN)
-    token = get_token(github, app_key)
+    token = get_token(github, rsa_key)
     body = {"environment_name": "production", "state": "approved", "comment": "ok"}
     assert review(github, token, body).status_code == 204
     assert not github.is_pending(**RUN)
@@ -188,9 +167,9 @@ def test_approval_is_accepted_once_and_recorded(github: GitHubSimulator, app_key
     assert token not in repr(final)
 
 
-def test_status_reports_are_limited_to_ten(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+def test_status_reports_are_limited_to_ten(github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey) -> None:
     github.open_deployment(**RUN)
-    token = get_token(github, app_key)
+    token = get_token(github, rsa_key)
     body = {"environment_name": "production", "comment": "waiting for review"}
     statuses = [review(github, token, body).status_code for _ in range(11)]
     assert statuses == [204] * 10 + [422]
@@ -209,40 +188,40 @@ def test_status_reports_are_limited_to_ten(github: GitHubSimulator, app_key: rsa
     ],
 )
 def test_invalid_reviews_are_refused(
-    github: GitHubSimulator, app_key: rsa.RSAPrivateKey, body: dict[str, Any], status: int
+    github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey, body: dict[str, Any], status: int
 ) -> None:
     github.open_deployment(**RUN)
-    assert review(github, get_token(github, app_key), body).status_code == status
+    assert review(github, get_token(github, rsa_key), body).status_code == status
     assert github.is_pending(**RUN)
 
 
-def test_unknown_or_revoked_token_is_bad_credentials(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+def test_unknown_or_revoked_token_is_bad_credentials(github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey) -> None:
     github.open_deployment(**RUN)
     body = {"environment_name": "production", "state": "approved"}
     assert review(github, "ghs_made_up", body).json()["message"] == "Bad credentials"
-    token = get_token(github, app_key)
+    token = get_token(github, rsa_key)
     github.revoke_tokens()
     assert review(github, token, body).status_code == 401
     assert github.is_pending(**RUN)
 
 
-def test_token_of_another_installation_cannot_review(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+def test_token_of_another_installation_cannot_review(github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey) -> None:
     github.open_deployment(**RUN, installation_id=5)
-    token = get_token(github, app_key, installation_id=6)
+    token = get_token(github, rsa_key, installation_id=6)
     body = {"environment_name": "production", "state": "approved"}
     assert review(github, token, body).status_code == 404
 
 
-def test_cancelled_run_has_nothing_pending(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+def test_cancelled_run_has_nothing_pending(github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey) -> None:
     github.open_deployment(**RUN)
     github.cancel_run("acme", "shop", 77)
     body = {"environment_name": "production", "state": "rejected"}
-    assert review(github, get_token(github, app_key), body).status_code == 422
+    assert review(github, get_token(github, rsa_key), body).status_code == 422
 
 
-def test_fail_next_answers_scripted_errors_then_recovers(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+def test_fail_next_answers_scripted_errors_then_recovers(github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey) -> None:
     github.open_deployment(**RUN)
-    token = get_token(github, app_key)
+    token = get_token(github, rsa_key)
     github.fail_next("review", 503, times=2, headers={"Retry-After": "3"})
     body = {"environment_name": "production", "state": "approved"}
     first = review(github, token, body)
@@ -254,21 +233,21 @@ def test_fail_next_answers_scripted_errors_then_recovers(github: GitHubSimulator
     assert [r.status for r in github.reviews] == [503, 503, 204]
 
 
-def test_delay_makes_a_client_time_out(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+def test_delay_makes_a_client_time_out(github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey) -> None:
     github.set_delay("token", 0.5)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{github.url}/app/installations/1/access_tokens", timeout=0.1)
 
 
 def test_delivery_log_needs_the_app_jwt_and_redelivers_with_the_same_guid(
-    github: GitHubSimulator, app_key: rsa.RSAPrivateKey, receiver: tuple[Recorder, str]
+    github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey, receiver: tuple[Recorder, str]
 ) -> None:
     recorder, hook_url = receiver
     github.deliver(hook_url, {"action": "requested"}, secret="s", delivery_id="guid-1")
     listing = f"{github.url}/app/hook/deliveries"
     assert httpx.get(listing).status_code == 401
     assert httpx.get(listing, headers={"Authorization": "token ghs_x"}).status_code == 401
-    jwt_header = {"Authorization": f"Bearer {make_jwt(app_key)}"}
+    jwt_header = {"Authorization": f"Bearer {make_jwt(rsa_key)}"}
     [row] = httpx.get(listing, headers=jwt_header).json()
     assert (row["guid"], row["status_code"], row["action"], row["redelivery"]) == ("guid-1", 200, "requested", False)
 
@@ -301,12 +280,12 @@ def test_webhook_payload_points_back_at_the_simulator(github: GitHubSimulator) -
     assert given["deployment"] == {"id": 5, "environment": "production", "task": "deploy"}
 
 
-def test_ghes_prefix_routes_everything_under_api_v3(app_key: rsa.RSAPrivateKey) -> None:
-    with GitHubSimulator(app_id=APP_ID, public_key_pem=_public_pem(app_key), path_prefix="/api/v3") as ghes:
+def test_ghes_prefix_routes_everything_under_api_v3(rsa_key: rsa.RSAPrivateKey) -> None:
+    with GitHubSimulator(app_id=APP_ID, public_key_pem=public_pem_of(rsa_key), path_prefix="/api/v3") as ghes:
         assert ghes.url.endswith("/api/v3")
         payload = ghes.open_deployment(**RUN)
         assert payload["deployment_callback_url"].startswith(f"{ghes.url}/repos/acme/shop/")
-        token = get_token(ghes, app_key)
+        token = get_token(ghes, rsa_key)
         body = {"environment_name": "production", "state": "approved"}
         assert review(ghes, token, body).status_code == 204
         bare = ghes.url.removesuffix("/api/v3")
@@ -316,10 +295,6 @@ def test_ghes_prefix_routes_everything_under_api_v3(app_key: rsa.RSAPrivateKey) 
             headers={"X-GitHub-Api-Version": "2026-03-10"},
         )
         assert newer.status_code == 400
-
-
-def _public_pem(key: rsa.RSAPrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def test_signature_matches_design_test_vector() -> None:
@@ -385,13 +360,13 @@ def _call(route: tuple[str, str, dict[str, str]], version: str | None) -> httpx.
     ],
 )
 def test_unsupported_api_versions_are_refused_on_every_route(
-    app_key: rsa.RSAPrivateKey, route: str, ghes: bool, version: str | None, refused_with: int | None
+    rsa_key: rsa.RSAPrivateKey, route: str, ghes: bool, version: str | None, refused_with: int | None
 ) -> None:
     with GitHubSimulator(
-        app_id=APP_ID, public_key_pem=_public_pem(app_key), path_prefix="/api/v3" if ghes else ""
+        app_id=APP_ID, public_key_pem=public_pem_of(rsa_key), path_prefix="/api/v3" if ghes else ""
     ) as sim:
         sim.open_deployment(**RUN)
-        response = _call(_routes(sim, app_key)[route], version)
+        response = _call(_routes(sim, rsa_key)[route], version)
     if refused_with is None:
         assert response.status_code not in (400, 410), response.text
         return
@@ -447,11 +422,11 @@ def test_minimal_delivery_has_a_null_deployment(github: GitHubSimulator) -> None
 
 @pytest.mark.parametrize("ghes", [False, True], ids=["github.com", "ghes"])
 def test_deliveries_carry_every_real_header(
-    app_key: rsa.RSAPrivateKey, receiver: tuple[Recorder, str], ghes: bool
+    rsa_key: rsa.RSAPrivateKey, receiver: tuple[Recorder, str], ghes: bool
 ) -> None:
     recorder, url = receiver
     with GitHubSimulator(
-        app_id=APP_ID, public_key_pem=_public_pem(app_key), path_prefix="/api/v3" if ghes else ""
+        app_id=APP_ID, public_key_pem=public_pem_of(rsa_key), path_prefix="/api/v3" if ghes else ""
     ) as sim:
         sim.deliver(url, sim.open_deployment(**RUN), secret="s3cret")
     [(headers, _, body)] = recorder.calls
@@ -467,7 +442,7 @@ def test_deliveries_carry_every_real_header(
 
 @pytest.mark.parametrize(("ghes", "seconds"), [(False, 10.0), (True, 30.0)], ids=["github.com", "ghes"])
 def test_delivery_timeout_is_the_hosts(
-    app_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch, ghes: bool, seconds: float
+    rsa_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch, ghes: bool, seconds: float
 ) -> None:
     sent: list[float] = []
 
@@ -476,7 +451,7 @@ def test_delivery_timeout_is_the_hosts(
         return httpx.Response(202)
 
     monkeypatch.setattr(github_webhooks.httpx, "post", fake_post)
-    with GitHubSimulator(app_id=APP_ID, public_key_pem=_public_pem(app_key), ghes=ghes) as sim:
+    with GitHubSimulator(app_id=APP_ID, public_key_pem=public_pem_of(rsa_key), ghes=ghes) as sim:
         sim.deliver("http://127.0.0.1:9/hook", sim.open_deployment(**RUN), secret="s")
     assert sim.delivery_timeout == seconds and sent == [seconds]
 
@@ -501,9 +476,9 @@ def get_run(sim: GitHubSimulator, token: str, run_id: int = 77, repo: str = "sho
     return httpx.get(f"{sim.url}/repos/acme/{repo}/actions/runs/{run_id}", headers={"Authorization": f"token {token}"})
 
 
-def test_a_run_waits_while_its_gate_is_pending_then_runs(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+def test_a_run_waits_while_its_gate_is_pending_then_runs(github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey) -> None:
     github.open_deployment(**RUN, ref="release/1")
-    token = get_token(github, app_key)
+    token = get_token(github, rsa_key)
     run = get_run(github, token).json()
     assert (run["id"], run["status"], run["conclusion"]) == (77, "waiting", None)
     assert (run["head_branch"], run["head_sha"], run["run_attempt"]) == ("release/1", DEFAULT_SHA, 1)
@@ -519,10 +494,10 @@ def test_a_run_waits_while_its_gate_is_pending_then_runs(github: GitHubSimulator
 
 @pytest.mark.parametrize("conclusion", ["cancelled", "failure", "timed_out"])
 def test_a_finished_run_has_nothing_pending(
-    github: GitHubSimulator, app_key: rsa.RSAPrivateKey, conclusion: str
+    github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey, conclusion: str
 ) -> None:
     github.open_deployment(**RUN)
-    token = get_token(github, app_key)
+    token = get_token(github, rsa_key)
     github.finish_run("acme", "shop", 77, conclusion=conclusion)
     run = get_run(github, token).json()
     assert (run["status"], run["conclusion"]) == ("completed", conclusion)
@@ -532,28 +507,28 @@ def test_a_finished_run_has_nothing_pending(
     assert review(github, token, {"environment_name": "production", "comment": "x"}).status_code == 422
 
 
-def test_a_bypassed_rule_leaves_the_run_going(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+def test_a_bypassed_rule_leaves_the_run_going(github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey) -> None:
     github.open_deployment(**RUN)
-    token = get_token(github, app_key)
+    token = get_token(github, rsa_key)
     github.bypass("acme", "shop", 77)
     assert get_run(github, token).json()["status"] == "in_progress"
     assert review(github, token, {"environment_name": "production", "state": "approved"}).status_code == 422
 
 
-def test_a_rerun_waits_again_with_the_next_attempt(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+def test_a_rerun_waits_again_with_the_next_attempt(github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey) -> None:
     github.open_deployment(**RUN)
     github.cancel_run("acme", "shop", 77)
     github.open_deployment(**RUN)
-    run = get_run(github, get_token(github, app_key)).json()
+    run = get_run(github, get_token(github, rsa_key)).json()
     assert (run["status"], run["conclusion"], run["run_attempt"]) == ("waiting", None, 2)
 
 
-def test_reading_a_run_needs_a_token_of_the_installation(github: GitHubSimulator, app_key: rsa.RSAPrivateKey) -> None:
+def test_reading_a_run_needs_a_token_of_the_installation(github: GitHubSimulator, rsa_key: rsa.RSAPrivateKey) -> None:
     github.open_deployment(**RUN, installation_id=5)
     assert get_run(github, "ghs_made_up").status_code == 401
     assert httpx.get(f"{github.url}/repos/acme/shop/actions/runs/77").status_code == 401
-    assert get_run(github, get_token(github, app_key, installation_id=6)).status_code == 404
-    mine = get_token(github, app_key, installation_id=5)
+    assert get_run(github, get_token(github, rsa_key, installation_id=6)).status_code == 404
+    mine = get_token(github, rsa_key, installation_id=5)
     assert get_run(github, mine).status_code == 200
     assert get_run(github, mine, run_id=78).json() == {
         "message": "Not Found",

@@ -8,7 +8,6 @@ writer holds the database, and /healthz must not queue behind it.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -29,9 +28,9 @@ from app.http.routes import create_app
 from app.http.signature import sign
 from app.store import Store
 from app.store.engine import make_engine
-from tests.test_payload import payload as deployment_payload
-from tests.test_serve_process import free_port
-from tests.world import API_KEY, APP_ID, WEBHOOK_SECRET, make_settings, wait_for
+from tests.support.payloads import deployment_payload
+from tests.support.processes import app_environment, free_port, spawn_app
+from tests.world import WEBHOOK_SECRET, make_settings, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX processes")
 
@@ -88,24 +87,13 @@ def served(tmp_path: Path, private_pem: str) -> Iterator[Served]:
     db, port = tmp_path / "gates.db", free_port()
     # Nothing listens on these: the in-process worker's calls fail fast and never leave the machine.
     api_url, stacksona_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "GITHUB_APP_ID": str(APP_ID),
-        "GITHUB_PRIVATE_KEY": private_pem.replace("\n", "\\n"),
-        "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "GITHUB_API_URL": api_url,
-        "STACKSONA_GATE_URL": stacksona_url,
-        "STACKSONA_API_KEY": API_KEY,
-        "DATABASE_URL": f"sqlite:///{db}",
+    env = app_environment(private_pem, api_url, stacksona_url, f"sqlite:///{db}") | {
         "GITHUB_REDELIVERY_INTERVAL": "off",
         "HOST": "127.0.0.1",
         "PORT": str(port),
     }
     log = tmp_path / "serve.log"
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"], env=env, cwd=tmp_path, stdout=out, stderr=out
-        )
+    process = spawn_app("serve", env, tmp_path, log)
     served = Served(f"http://127.0.0.1:{port}", db, api_url, log)
     try:
         wait_for(lambda: True if _healthz_seconds(served.base_url) is not None else None)

@@ -17,21 +17,11 @@ from sqlalchemy import Engine, select, update
 from app.core.gate import AcceptOutcome, Change, DeploymentRequest, Gate, GateState, HistoryEntry
 from app.store import Store
 from app.store.schema import gates
+from tests.support.clock import FakeClock
 
 START = 1_700_000_000.0
 DEADLINE = 3600.0
 LEASE = 60.0
-
-
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make_request(run_id: int = 7, environment: str = "production", repository_id: int = 1000) -> DeploymentRequest:
@@ -53,7 +43,7 @@ def make_request(run_id: int = 7, environment: str = "production", repository_id
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(START)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,38 +19,10 @@ from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
 from app.store import Store
 from app.store.engine import make_engine, migrate
-from tests.world import API_KEY, APP_ID, OWNER, REPO, WEBHOOK_SECRET, make_settings, wait_for
+from tests.support.processes import Deployment
+from tests.world import API_KEY, APP_ID, OWNER, REPO, WEBHOOK_SECRET, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
-
-
-class Deployment:
-    def __init__(self, tmp_path: Path, private_pem: str, github: GitHubSimulator, stacksona: StacksonaSimulator):
-        self.db = f"sqlite:///{tmp_path / 'gates.db'}"
-        self.tmp_path = tmp_path
-        self.github, self.stacksona = github, stacksona
-        self.settings = make_settings(github.url, stacksona.url, private_pem, self.db)
-        self.env = {
-            "PATH": os.environ.get("PATH", ""),
-            "GITHUB_APP_ID": str(APP_ID),
-            "GITHUB_PRIVATE_KEY": private_pem.replace("\n", "\\n"),
-            "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "GITHUB_API_URL": github.url,
-            "STACKSONA_GATE_URL": stacksona.url,
-            "STACKSONA_API_KEY": API_KEY,
-            "DATABASE_URL": self.db,
-            "STACKSONA_POLL_MAX_INTERVAL": "1s",
-            "WORKER_LEASE": "3s",
-        }
-
-    def log(self) -> str:
-        return (self.tmp_path / "worker.log").read_text()
-
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        with open(self.tmp_path / "worker.log", "ab") as log:  # the child keeps its own copy
-            return subprocess.Popen(
-                [sys.executable, "-m", "app", "worker"], env=self.env, cwd=self.tmp_path, stdout=log, stderr=log
-            )
 
 
 class Running(NamedTuple):

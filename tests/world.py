@@ -28,23 +28,13 @@ from app.store import Store
 from app.store.engine import make_engine, migrate
 from app.worker.loop import Worker
 from app.worker.services import Services
+from tests.support.clock import FakeClock
 
 OWNER, REPO = "acme", "shop"
 APP_ID = 4242
 API_KEY = "sg_test_api_key"
 WEBHOOK_SECRET = "test-webhook-secret"
 T = TypeVar("T")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
