@@ -326,9 +326,17 @@ def test_ghes_base_path_and_api_version(tmp_path: Path, private_pem: str, public
         assert world.github.url.endswith("/api/v3")
         world.stacksona.script("api", "allow")
         world.deploy("api")
+        world.deploy("production", run_id=43)  # a reviewer decides: status report, callback, token
         world.settle()
-        assert world.final_states() == ["approved"]
+        world.stacksona.decide(world.stacksona.pending_threads()[0], "approved")
+        world.settle()
+        assert world.final_states() == ["approved"] and world.final_states(run_id=43) == ["approved"]
         assert {r.api_version for r in world.github.reviews} == {"2022-11-28"}
+        # Links point at the GHES web host, not at its /api/v3 base.
+        web = world.github.url.removesuffix("/api/v3")
+        run_urls = {r.body["payload"]["run_url"] for r in world.stacksona.requests}
+        assert run_urls == {f"{web}/acme/shop/actions/runs/42", f"{web}/acme/shop/actions/runs/43"}
+        assert all("/api/v3" not in r.body["preview"] for r in world.stacksona.requests)
 
 
 def test_token_required_but_missing_rejects(tmp_path: Path, private_pem: str, public_pem: bytes) -> None:
