@@ -80,9 +80,11 @@ def test_retry_after_of_a_failed_lookup_is_kept() -> None:
         (StacksonaFailure("timeout"), CREATE_SETTLE_SECONDS),
         (StacksonaFailure("network"), CREATE_SETTLE_SECONDS),
         (StacksonaFailure("timeout", retry_after=600.0), 600.0),
-        # Stacksona answered: that request is over; the usual backoff and Retry-After apply.
+        # A gateway gave up waiting (502, 504): the create may still be running at Stacksona.
+        (StacksonaFailure("http", 502, 5.0), CREATE_SETTLE_SECONDS),
+        (StacksonaFailure("http", 504), CREATE_SETTLE_SECONDS),
+        # Stacksona itself answered: that request is over; the usual backoff and Retry-After apply.
         (StacksonaFailure("http", 503), None),
-        (StacksonaFailure("http", 502, 5.0), 5.0),
         (StacksonaFailure("http", 429, 120.0), 120.0),
     ],
 )
@@ -92,7 +94,7 @@ def test_a_create_without_an_answer_is_looked_up_only_once_it_has_surely_finishe
     outcome = decide_on_create_failure(failure)
     assert isinstance(outcome, Retry)
     assert outcome.retry_after == expected_wait
-    if failure.kind in ("timeout", "network"):
+    if expected_wait == CREATE_SETTLE_SECONDS:
         assert "looked up first" in outcome.reason
 
 
@@ -117,3 +119,12 @@ def test_no_lookup_or_create_failure_ever_approves() -> None:
     ]
     outcomes = [after_lookup(f) for f in kinds] + [decide_on_create_failure(f) for f in kinds]
     assert not any(isinstance(o, Approve) for o in outcomes)
+
+
+@pytest.mark.parametrize(("code", "settles"), [(502, True), (504, True), (503, False), (500, False), (429, False)])
+def test_a_gateway_error_on_create_is_looked_up_only_once_the_create_has_surely_finished(
+    code: int, settles: bool
+) -> None:
+    outcome = decide_on_create_failure(StacksonaFailure("http", code))
+    assert isinstance(outcome, Retry)
+    assert ((outcome.retry_after or 0) >= CREATE_SETTLE_SECONDS) is settles

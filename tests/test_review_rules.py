@@ -326,3 +326,26 @@ def test_a_finished_run_closes_a_waiting_gate(status: str | None, conclusion: st
     if change is not None:
         assert change.state is GateState.SUPERSEDED
         assert "no longer waits" in change.reason
+
+
+@pytest.mark.parametrize("first", [GitHubAnswer(422), GitHubAnswer(404), GitHubAnswer(400)])
+def test_a_refused_review_then_a_joining_job_is_never_recorded_as_approved(first: GitHubAnswer) -> None:
+    # The first attempt wrote its mark, then GitHub refused it; a job joined meanwhile, so it is sent again.
+    fresh = make_gate(review_sent_at=None)
+    refused = review.after_review(fresh, first, now=NOW, rand=half, api_version=VERSION)
+    again = review.answer_again(refused, now=NOW)
+    assert again.state is GateState.REPORTING and again.values["review_sent_at"] is None
+    # The database keeps what `again` wrote: the mark is gone, nothing was ever taken.
+    second = replace(fresh, review_sent_at=again.values["review_sent_at"], answered_at=again.values.get("answered_at"))
+    final = review.after_review(second, GitHubAnswer(422), now=NOW, rand=half, api_version=VERSION)
+    assert final.state is GateState.SUPERSEDED
+
+
+def test_a_taken_review_then_a_joining_job_stays_answered() -> None:
+    taken = review.after_review(make_gate(review_sent_at=None), GitHubAnswer(204), now=NOW, rand=half, api_version="v")
+    again = review.answer_again(taken, now=NOW)
+    assert "review_sent_at" not in again.values and again.values["answered_at"] == NOW
+    second = make_gate(review_sent_at=NOW, answered_at=NOW)
+    assert (
+        review.after_review(second, GitHubAnswer(422), now=NOW, rand=half, api_version="v").state is GateState.APPROVED
+    )

@@ -191,7 +191,13 @@ def after_lookup(found: StacksonaAnswer | StacksonaFailure) -> LookupOutcome:
 def decide_on_create_failure(failure: StacksonaFailure) -> FailureOutcome:
     """Like any failure; a create whose answer was lost is looked up once it has surely finished."""
     outcome = decide_on_failure(failure)
-    if isinstance(outcome, Retry) and failure.kind in ("timeout", "network"):
+    if isinstance(outcome, Retry) and _may_still_run(failure):
         wait = max(outcome.retry_after or 0.0, CREATE_SETTLE_SECONDS)
         return Retry(f"{outcome.reason}; the request may have arrived, so the task is looked up first", wait)
     return outcome
+
+
+def _may_still_run(failure: StacksonaFailure) -> bool:
+    # A gateway answering 502 or 504 usually gave up waiting on a create Stacksona still runs
+    # (a 503 is the service refusing work it has not started).
+    return failure.kind in ("timeout", "network") or (failure.kind == "http" and failure.status_code in (502, 504))

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, create_engine, event
 READ_ONLY = "stacksona_read_only"
 _MIGRATION_LOCK_ID = 0x5A7E_6A7E
 PATIENT_LOCK_WAIT_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 3
 
 
 def make_engine(url: str, *, lock_timeout_seconds: float | None = None, **kwargs: Any) -> Engine:
@@ -26,7 +27,9 @@ def make_engine(url: str, *, lock_timeout_seconds: float | None = None, **kwargs
         return _sqlite_engine(url, lock_timeout_seconds or PATIENT_LOCK_WAIT_SECONDS, **kwargs)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    # A server that silently drops packets must not hold a request for the OS's TCP timeout (minutes).
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} | kwargs.pop("connect_args", {})
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
     if lock_timeout_seconds is not None:
         _bound_postgresql_waits(engine, lock_timeout_seconds)
     return engine

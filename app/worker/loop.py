@@ -56,7 +56,9 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker %s started", self._owner)
-        heartbeat = threading.Thread(target=self._keep_leases, args=(stop,), name="lease-heartbeat", daemon=True)
+        # Its own stop: steps still finishing after `stop` keep their leases until the pool has drained.
+        drained = threading.Event()
+        heartbeat = threading.Thread(target=self._keep_leases, args=(drained,), name="lease-heartbeat", daemon=True)
         heartbeat.start()
         # Chores run beside the gates, so a long one never holds gate steps back.
         with (
@@ -72,6 +74,7 @@ class Worker:
                 if self._start_due(pool) == 0:
                     self.wakeup.wait(self._idle_seconds)
                     self.wakeup.clear()
+        drained.set()
         heartbeat.join(timeout=self._lease_seconds)
         log.info("worker %s stopped", self._owner)
 
@@ -91,19 +94,23 @@ class Worker:
         try:
             self.process(gate)
         finally:
-            with self._running_lock:
-                self._running.pop(gate.id, None)
+            self._stop_renewing(gate)
             self.wakeup.set()  # a thread is free: claim the next due gate now
+
+    def _stop_renewing(self, gate: Gate) -> None:
+        """Once its result is written the gate is no longer ours; it may already be claimed again."""
+        with self._running_lock:
+            if self._running.get(gate.id) is gate:
+                del self._running[gate.id]
 
     def running_count(self) -> int:
         with self._running_lock:
             return len(self._running)
 
-    def _keep_leases(self, stop: threading.Event) -> None:
-        """Renew the leases of running steps every third of a lease, until the worker stops."""
-        while not stop.wait(self._lease_seconds / 3):
+    def _keep_leases(self, drained: threading.Event) -> None:
+        """Renew the leases of running steps every third of a lease, until no step runs any more."""
+        while not drained.wait(self._lease_seconds / 3):
             self.renew_leases()
-        self.renew_leases()  # steps still finishing after the stop keep their gates
 
     def renew_leases(self) -> None:
         with self._running_lock:
@@ -164,11 +171,21 @@ class Worker:
         except Exception:
             log.exception("gate %s: cannot store the step's result; its lease will expire and it reruns", gate.id)
             return
+        finally:
+            self._stop_renewing(gate)
         if written is None:
             log.warning("gate %s: lease lost, result of this step discarded", gate.id)
             return
         self._log_change(gate, written)
-        if (problem := tell_stacksona(gate, written, self._svc)) is not None:
+        self._tell_reviewer(gate, written)
+
+    def _tell_reviewer(self, gate: Gate, written: Change) -> None:
+        try:
+            problem = tell_stacksona(gate, written, self._svc)
+        except Exception:
+            log.exception("gate %s: timeline event not added (its result is stored)", gate.id)
+            return
+        if problem is not None:
             log.warning("gate %s: timeline event not added (%s)", gate.id, problem)
 
     def _mark(self, gate: Gate, values: Mapping[str, Any]) -> bool:
