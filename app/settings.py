@@ -17,17 +17,19 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dotenv import dotenv_values
 
-from app.core.decision_request import RISK_LEVELS, EnvironmentRule
+from app.core.policy import Fallback, GatePolicy, Policy, PolicyError, legacy_policy, parse_central_policy, resolve
+from app.core.policy_values import MAX_DEADLINE_SECONDS, parse_duration
 from app.core.secret import Secret
 
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
 # githubkit 0.16's default; GHES only knows 2022-11-28 (docs/architecture.md, GitHub facts).
 GITHUB_DOTCOM_API_VERSION = "2026-03-10"
 GHES_API_VERSION = "2022-11-28"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-# GitHub fails a waiting job after 30 days: our "timed out" answer must come first.
-MAX_GATE_DEADLINE_SECONDS = 29 * 86400.0
+MAX_GATE_DEADLINE_SECONDS = MAX_DEADLINE_SECONDS
+LEGACY_ENVIRONMENTS_NOTICE = (
+    "STACKSONA_ENVIRONMENTS is deprecated and will be removed: move its entries into rules of a policy file "
+    "(GATE_POLICY_FILE, see docs/policy.md); until then each entry is read as a rule for that environment"
+)
 # Leases are renewed by a heartbeat every third of a lease while a step runs;
 # a dead worker's gates are taken over once its lease runs out.
 DEFAULT_WORKER_LEASE_SECONDS = 15.0
@@ -54,7 +56,8 @@ class Settings:
     stacksona_webhook_token: Secret | None = None
     stacksona_require_approval_token: bool = False
     stacksona_decision_url: str | None = None
-    environment_rules: Mapping[str, EnvironmentRule] = field(default_factory=dict)
+    # GATE_POLICY_FILE (or the deprecated STACKSONA_ENVIRONMENTS, read as rules); empty: the built-in defaults.
+    policy: Policy = field(default_factory=Policy)
     # Kept out of the repr: a PostgreSQL URL may carry a password.
     database_url: str = field(default="sqlite:///stacksona-gate.db", repr=False)
     port: int = 8000
@@ -68,6 +71,13 @@ class Settings:
     web_concurrency: int = 2
     # None: never ask GitHub to redeliver failed deliveries.
     redelivery_interval_seconds: float | None = 300.0
+    # Warnings to log once logging is set up (a deprecated setting in use).
+    notices: tuple[str, ...] = ()
+
+    def gate_policy(self, repository: str, environment: str) -> GatePolicy:
+        """The central policy for (owner/name, environment); GATE_DEADLINE and the token flag fill its gaps."""
+        fallback = Fallback(self.gate_deadline_seconds, self.stacksona_require_approval_token)
+        return resolve(self.policy, repository, environment, fallback)
 
     @property
     def redelivery_window_seconds(self) -> float:
@@ -77,11 +87,21 @@ class Settings:
     @property
     def github_web_url(self) -> str:
         """The web UI base that matches the API base (for run links in comments)."""
-        parts = urlsplit(self.github_api_url)
-        if parts.hostname == "api.github.com":
-            return "https://github.com"
-        base = f"{parts.scheme}://{parts.netloc}"
-        return base if parts.path.rstrip("/") == "/api/v3" else base + parts.path.rstrip("/")
+        return github_web_url(self.github_api_url)
+
+
+def github_web_url(api_url: str) -> str:
+    """github.com for api.github.com; a GHES host's web UI is its API host without `/api/v3`."""
+    parts = urlsplit(api_url)
+    if parts.hostname == "api.github.com":
+        return "https://github.com"
+    base = f"{parts.scheme}://{parts.netloc}"
+    return base if parts.path.rstrip("/") == "/api/v3" else base + parts.path.rstrip("/")
+
+
+def github_api_url(env: Mapping[str, str]) -> str:
+    """GITHUB_API_URL, checked, without its trailing slash (the one setting `register` needs)."""
+    return _url(env, "GITHUB_API_URL", DEFAULT_GITHUB_API_URL)
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -103,7 +123,8 @@ def merged_environment(environ: Mapping[str, str], dotenv: Path | None) -> dict[
 
 def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
     env = merged_environment(os.environ if environ is None else environ, dotenv)
-    api_url = _url(env, "GITHUB_API_URL", DEFAULT_GITHUB_API_URL)
+    api_url = github_api_url(env)
+    policy, notices = _central_policy(env)
     return Settings(
         github_app_id=_positive_int(env, "GITHUB_APP_ID", None),
         github_private_key=_private_key(env),
@@ -115,7 +136,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         stacksona_webhook_token=_optional_secret(env, "STACKSONA_WEBHOOK_TOKEN"),
         stacksona_require_approval_token=_bool(env, "STACKSONA_REQUIRE_APPROVAL_TOKEN"),
         stacksona_decision_url=_decision_url_template(env),
-        environment_rules=_environment_rules(env),
+        policy=policy,
+        notices=notices,
         database_url=database_url(env),
         port=_positive_int(env, "PORT", 8000, maximum=65535),
         host=env.get("HOST", "").strip() or "0.0.0.0",  # noqa: S104
@@ -133,6 +155,30 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
 def default_api_version(api_url: str) -> str:
     is_dotcom = urlsplit(api_url).hostname == "api.github.com"
     return GITHUB_DOTCOM_API_VERSION if is_dotcom else GHES_API_VERSION
+
+
+# One setting at a time, for commands that need only a few (`enable`): the checks and messages of load_settings.
+
+
+def github_api_version(env: Mapping[str, str], api_url: str) -> str:
+    return env.get("GITHUB_API_VERSION") or default_api_version(api_url)
+
+
+def github_app_id(env: Mapping[str, str]) -> int:
+    return _positive_int(env, "GITHUB_APP_ID", None)
+
+
+def github_private_key(env: Mapping[str, str]) -> Secret:
+    return _private_key(env)
+
+
+def github_token(env: Mapping[str, str]) -> Secret:
+    """GITHUB_TOKEN (only `enable` uses it); checked without ever echoing it."""
+    value = _required(env, "GITHUB_TOKEN")
+    # It goes into an Authorization header: a space or line break would split or corrupt it.
+    if not re.fullmatch(r"[\x21-\x7e]+", value):
+        raise SettingsError("GITHUB_TOKEN", "must be a single token, without spaces or line breaks")
+    return Secret(value)
 
 
 def database_url(env: Mapping[str, str]) -> str:
@@ -208,10 +254,10 @@ def _duration(env: Mapping[str, str], name: str, default: float, *, maximum: flo
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    match = _DURATION.match(raw)
-    if not match or float(match.group(1)) <= 0:
-        raise SettingsError(name, f"must be a duration like 90s, 30m, 12h or 7d (got {raw[:40]!r})")
-    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    try:
+        seconds = parse_duration(raw)
+    except ValueError as exc:
+        raise SettingsError(name, str(exc)) from None
     if maximum is not None and seconds > maximum:
         raise SettingsError(name, f"must be at most {maximum / 86400:g}d (GitHub fails a job after 30 days)")
     return seconds
@@ -272,26 +318,34 @@ def _check_rsa_private_key(pem: str, name: str) -> None:
         raise SettingsError(name, "must be an RSA private key (GitHub Apps sign JWTs with RS256)")
 
 
-def _environment_rules(env: Mapping[str, str]) -> dict[str, EnvironmentRule]:
-    name = "STACKSONA_ENVIRONMENTS"
-    raw = env.get(name, "").strip()
-    if not raw:
-        return {}
+def _central_policy(env: Mapping[str, str]) -> tuple[Policy, tuple[str, ...]]:
+    path = env.get("GATE_POLICY_FILE", "").strip()
+    legacy = env.get("STACKSONA_ENVIRONMENTS", "").strip()
+    if path and legacy:
+        raise SettingsError("GATE_POLICY_FILE", "set it or the deprecated STACKSONA_ENVIRONMENTS, not both")
+    if path:
+        return _policy_file(path), ()
+    return (_legacy_policy(legacy), (LEGACY_ENVIRONMENTS_NOTICE,)) if legacy else (Policy(), ())
+
+
+def _policy_file(path: str) -> Policy:
+    name = "GATE_POLICY_FILE"
     try:
-        data = json.loads(raw)
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(name, f"cannot read {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(name, f"{path}: not UTF-8 text") from None
+    try:
+        return parse_central_policy(text, path)
+    except PolicyError as exc:
+        raise SettingsError(name, str(exc)) from None
+
+
+def _legacy_policy(raw: str) -> Policy:
+    try:
+        return legacy_policy(json.loads(raw))
     except json.JSONDecodeError as exc:
-        raise SettingsError(name, f"is not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict):
-        raise SettingsError(name, 'must be a JSON object like {"production": {"risk_level": "critical"}}')
-    return {str(env_name): _environment_rule(name, str(env_name), rule) for env_name, rule in data.items()}
-
-
-def _environment_rule(name: str, env_name: str, rule: object) -> EnvironmentRule:
-    if not isinstance(rule, dict) or set(rule) - {"tool_name", "risk_level"}:
-        raise SettingsError(name, f"{env_name!r} may only set tool_name and risk_level")
-    tool, risk = rule.get("tool_name"), rule.get("risk_level")
-    if tool is not None and (not isinstance(tool, str) or not tool.strip()):
-        raise SettingsError(name, f"{env_name!r}: tool_name must be a non-empty string")
-    if risk is not None and risk not in RISK_LEVELS:
-        raise SettingsError(name, f"{env_name!r}: risk_level must be one of {', '.join(RISK_LEVELS)}")
-    return EnvironmentRule(tool_name=tool, risk_level=risk)
+        raise SettingsError("STACKSONA_ENVIRONMENTS", f"is not valid JSON ({exc.msg})") from None
+    except ValueError as exc:
+        raise SettingsError("STACKSONA_ENVIRONMENTS", str(exc)) from None

@@ -475,6 +475,8 @@ def test_review_whose_answer_was_lost_keeps_its_verdict(world: World, monkeypatc
 def test_a_refused_review_attempt_is_not_mistaken_for_a_lost_answer(world: World, route: str, status: int) -> None:
     world.stacksona.script("api", "allow")
     gate_id = world.deploy("api")
+    world.worker.run_once()  # asked (the repository policy file was read with a fresh token)
+    world.services.github.forget_tokens()  # so the review mints its own, which may fail
     world.github.fail_next(route, status)  # type: ignore[arg-type]
     world.settle()
     assert world.gate(gate_id).state == "reporting"
@@ -567,3 +569,39 @@ def test_the_worker_loop_recovers_lost_deliveries(world: World, monkeypatch: pyt
         world.worker.wakeup.set()
         loop.join(10)
     assert world.final_states() == ["approved"]
+
+
+def test_a_rerun_of_a_rejected_run_asks_stacksona_again(world: World) -> None:
+    """A re-run keeps the run id; its jobs are new deployments, so a new gate asks again."""
+    world.stacksona.script("api", "reject", message="not today")
+    first = world.deploy("api", deployment={"id": 1, "environment": "api"})
+    world.settle()
+    assert world.final_states() == ["rejected"]
+    world.github.finish_run(OWNER, REPO, 42, conclusion="failure")  # the rejected job failed the run
+
+    world.stacksona.script("api", "allow", message="fine now")
+    rerun = world.deliver(world.open("api", deployment={"id": 2, "environment": "api"}))  # run attempt 2
+    assert rerun.json()["outcome"] == "created" and rerun.json()["gate_id"] != first
+    world.settle()
+    assert world.final_states() == ["rejected", "approved"]
+    first_task, second_task = (world.gate(g).task_id for g in (first, rerun.json()["gate_id"]))
+    assert [r.task_id for r in world.stacksona.requests] == [first_task, second_task] and first_task != second_task
+    assert world.github.is_pending(OWNER, REPO, 42, "api") is False
+
+
+def test_several_jobs_waiting_for_a_reviewer_share_one_request_and_one_review(world: World) -> None:
+    """Jobs of one run in one environment: one gate, one Stacksona request, one review that answers them all."""
+    outcomes = [
+        world.deliver(world.open("production", deployment={"id": n, "environment": "production"})).json()
+        for n in (1, 2, 3)
+    ]
+    assert [o["outcome"] for o in outcomes] == ["created", "joined", "joined"]
+    assert len({o["gate_id"] for o in outcomes}) == 1
+    world.settle()
+    world.deliver(world.open("production", deployment={"id": 4, "environment": "production"}))  # joins while waiting
+    world.settle()
+    world.stacksona.decide(world.stacksona.pending_threads()[0], "approved")
+    world.settle()
+    assert len(world.stacksona.requests) == 1
+    assert world.final_states() == ["approved"]
+    assert not world.github.is_pending(OWNER, REPO, 42, "production")

@@ -1,8 +1,16 @@
+import logging
 from pathlib import Path
 
 import pytest
 
-from app.settings import GHES_API_VERSION, GITHUB_DOTCOM_API_VERSION, SettingsError, load_settings, read_dotenv
+from app.settings import (
+    GHES_API_VERSION,
+    GITHUB_DOTCOM_API_VERSION,
+    LEGACY_ENVIRONMENTS_NOTICE,
+    SettingsError,
+    load_settings,
+    read_dotenv,
+)
 
 
 def load(env: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -159,11 +167,123 @@ def test_a_missing_dotenv_is_no_error(base_env: dict[str, str], tmp_path: Path) 
     assert load_settings(base_env, dotenv=tmp_path / "absent.env").port == 8000
 
 
-def test_environment_rules(base_env: dict[str, str]) -> None:
-    rules = '{"production": {"tool_name": "ship_it", "risk_level": "critical"}, "dev": {"risk_level": "low"}}'
+def test_deprecated_stacksona_environments_become_exact_rules_with_a_notice(base_env: dict[str, str]) -> None:
+    rules = '{"production": {"tool_name": "ship_it", "risk_level": "critical"}, "dev[1]": {"risk_level": "low"}}'
     settings = load(base_env | {"STACKSONA_ENVIRONMENTS": rules})
-    assert settings.environment_rules["production"].tool_name == "ship_it"
-    assert settings.environment_rules["dev"].risk_level == "low"
+    production = settings.gate_policy("acme/shop", "production")
+    assert (production.tool_name, production.risk_level) == ("ship_it", "critical")
+    assert settings.gate_policy("acme/shop", "dev[1]").risk_level == "low"  # glob characters match literally
+    assert settings.gate_policy("acme/shop", "dev1").risk_level == "medium"
+    assert settings.gate_policy("acme/shop", "production-eu").tool_name == "deploy_production_eu"
+    [notice] = settings.notices
+    assert "STACKSONA_ENVIRONMENTS is deprecated" in notice and "GATE_POLICY_FILE" in notice
+
+
+def test_the_deprecation_is_logged_once_at_start(
+    base_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app import cli
+
+    for name, value in (base_env | {"STACKSONA_ENVIRONMENTS": '{"production": {"risk_level": "high"}}'}).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cli, "configure_logging", lambda level: None)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    with caplog.at_level(logging.WARNING, logger="app.cli"):
+        cli._load()
+    assert [r.getMessage() for r in caplog.records].count(LEGACY_ENVIRONMENTS_NOTICE) == 1
+
+
+POLICY = """\
+defaults:
+  mode: enforce
+  deadline: 3d
+rules:
+  - environment: "prod*"
+    repository: "acme/*"
+    risk_level: critical
+    tool_name: deploy_production
+    require_approval_token: true
+  - environment: "preview-*"
+    mode: dry-run
+"""
+
+
+def test_gate_policy_file_is_read_at_start(base_env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "policy.yml"
+    path.write_text(POLICY, encoding="utf-8")
+    settings = load(base_env | {"GATE_POLICY_FILE": str(path), "GATE_DEADLINE": "12h"})
+    production = settings.gate_policy("acme/shop", "Production")
+    assert (production.risk_level, production.tool_name, production.require_approval_token) == (
+        "critical",
+        "deploy_production",
+        True,
+    )
+    assert production.deadline_seconds == 3 * 86400  # the file's defaults win over GATE_DEADLINE
+    assert settings.gate_policy("other/shop", "production").risk_level == "high"  # built-in default
+    assert settings.gate_policy("acme/shop", "preview-7").dry_run
+    assert settings.notices == ()
+
+
+def test_without_a_policy_file_the_other_settings_fill_the_defaults(base_env: dict[str, str]) -> None:
+    env = base_env | {"GATE_DEADLINE": "12h", "STACKSONA_REQUIRE_APPROVAL_TOKEN": "true"}
+    policy = load(env).gate_policy("acme/shop", "qa")
+    assert (policy.deadline_seconds, policy.require_approval_token, policy.mode) == (12 * 3600, True, "enforce")
+    assert (policy.tool_name, policy.workflow_name, policy.risk_level) == ("deploy_qa", "GitHub deployment", "medium")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        ("defaults:\n  mode: loud\n", 2, "defaults.mode must be enforce or dry-run"),
+        ("rules:\n  - environment: prod\n    risk_level: extreme\n", 3, "rules[0].risk_level must be one of"),
+        ("rules:\n  - environment: prod\n    deadline: 45d\n", 3, "rules[0].deadline must be at most 29d"),
+        ("rules:\n  - environment: prod\n    colour: red\n", 3, "unknown key 'colour'"),
+        ("rules:\n  - environment: [prod\n", 3, "not valid YAML"),
+        ("defaults: {}\ndefaults: {}\n", 2, "duplicate key 'defaults'"),
+    ],
+)
+def test_an_invalid_policy_file_names_the_file_line_and_problem(
+    base_env: dict[str, str], tmp_path: Path, text: str, line: int, words: str
+) -> None:
+    path = tmp_path / "policy.yml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SettingsError) as info:
+        load(base_env | {"GATE_POLICY_FILE": str(path)})
+    message = str(info.value)
+    assert info.value.variable == "GATE_POLICY_FILE"
+    assert message.startswith(f"GATE_POLICY_FILE: {path}:{line}: ") and words in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"GATE_POLICY_FILE": "/nonexistent/policy.yml"}, "cannot read '/nonexistent/policy.yml'"),
+        ({"GATE_POLICY_FILE": "policy.yml", "STACKSONA_ENVIRONMENTS": "{}"}, "not both"),
+    ],
+)
+def test_policy_file_problems_stop_the_start(base_env: dict[str, str], changes: dict[str, str], words: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load(base_env | changes)
+    assert info.value.variable == "GATE_POLICY_FILE" and words in str(info.value)
+
+
+def test_the_cli_prints_the_policy_problem_on_one_line(
+    base_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app import cli
+
+    path = tmp_path / "policy.yml"
+    path.write_text("rules:\n  - environment: prod\n    mode: sometimes\n", encoding="utf-8")
+    for name, value in (base_env | {"GATE_POLICY_FILE": str(path)}).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["worker"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"stacksona-gate: configuration error: GATE_POLICY_FILE: {path}:3: "
+        "rules[0].mode must be enforce or dry-run (got 'sometimes')"
+    )
 
 
 def test_heroku_style_postgres_url(base_env: dict[str, str]) -> None:

@@ -12,6 +12,7 @@ asserts the exact JSON); and an `httpx.Client` opened and closed around every ca
 from __future__ import annotations
 
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ import httpx
 from githubkit import AppAuthStrategy, AppInstallationAuthStrategy, GitHub
 from githubkit.cache import MemCacheStrategy
 from githubkit.exception import GitHubException, RequestFailed, RequestTimeout
+from githubkit.response import Response
 
 from app.clients.github_answers import (
     RunStatus,
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 
     ReviewBody = ReviewCustomGatesCommentRequiredType | ReviewCustomGatesStateRequiredType
 
-__all__ = ["GitHubAnswer", "GitHubCallFailed", "GitHubClient", "ReviewState", "RunStatus", "RunTarget"]
+__all__ = ["AppReading", "GitHubAnswer", "GitHubCallFailed", "GitHubClient", "ReviewState", "RunStatus", "RunTarget"]
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 USER_AGENT = "stacksona-gate"
@@ -54,6 +56,18 @@ class RunTarget:
     run_id: int
     environment: str
     installation_id: int
+
+
+@dataclass(frozen=True)
+class AppReading:
+    """What a GET made with the App JWT answered: the JSON body of a 2xx (else None; `answer` says why).
+
+    `server_date` is GitHub's `Date` header, to tell a refused JWT from a skewed clock.
+    """
+
+    answer: GitHubAnswer
+    body: object = None
+    server_date: str | None = None
 
 
 class GitHubCallFailed(Exception):
@@ -119,6 +133,20 @@ class GitHubClient:
         # Raw JSON, not githubkit's model: a strict model would reject drifting real runs.
         return read_run_status(answer, json_or_none(response.raw_response))
 
+    def get_file(self, installation_id: int, owner: str, repo: str, path: str) -> tuple[GitHubAnswer, object]:
+        """`GET /repos/{owner}/{repo}/contents/{path}` on the default branch (installation token; `contents: read`).
+
+        No `ref`: GitHub then reads the repository's default branch, never the ref being deployed.
+        Returns the answer and, on a 2xx, the raw JSON (githubkit's models reject some real shapes).
+        """
+        github = self._installation(installation_id)  # `rest` only weakly references it: keep it alive
+        try:
+            response = github.rest.repos.get_content(owner=owner, repo=repo, path=path, headers=self._version_header)
+        except GitHubException as exc:
+            return self._answer_from(exc), None
+        answer = answer_from_success(response.raw_response)
+        return answer, json_or_none(response.raw_response) if response.raw_response.is_success else None
+
     def list_app_deliveries(self, *, newer_than: float) -> list[object]:
         """Raw rows of `GET /app/hook/deliveries`, newest first, paging back to `newer_than`."""
         github = self._github
@@ -139,6 +167,32 @@ class GitHubClient:
         except GitHubException as exc:
             return self._answer_from(exc)
         return answer_from_success(response.raw_response)
+
+    def get_app(self) -> AppReading:
+        """`GET /app` (App JWT): the App's id, slug, owner, html_url, permissions and events."""
+        return self._read_as_app(lambda github: github.rest.apps.get_authenticated(headers=self._version_header))
+
+    def list_installations(self) -> AppReading:
+        """The first page (up to 100) of `GET /app/installations` (App JWT), with each one's granted permissions."""
+        return self._read_as_app(
+            lambda github: github.rest.apps.list_installations(per_page=100, headers=self._version_header)
+        )
+
+    def get_hook_config(self) -> AppReading:
+        """`GET /app/hook/config` (App JWT): the webhook URL; GitHub masks the secret."""
+        return self._read_as_app(
+            lambda github: github.rest.apps.get_webhook_config_for_app(headers=self._version_header)
+        )
+
+    def _read_as_app(self, call: Callable[[GitHub[AppAuthStrategy]], Response[Any, Any]]) -> AppReading:
+        try:
+            response = call(self._github).raw_response
+        except GitHubException as exc:
+            refused = exc.response.raw_response if isinstance(exc, RequestFailed) else None
+            return AppReading(self._answer_from(exc), None, refused.headers.get("Date") if refused else None)
+        # Raw JSON, not githubkit's models: a strict model would reject a drifting real answer.
+        body = json_or_none(response) if response.is_success else None
+        return AppReading(answer_from_success(response), body, response.headers.get("Date"))
 
     def _new_github(self, auth: AppAuthStrategy) -> GitHub[AppAuthStrategy]:
         # A fresh token cache per host: githubkit's default one is process-wide and keyed without the host.
@@ -194,7 +248,18 @@ class GitHubClient:
                 self.forget_tokens()
             return answer_from_refusal(response)
         kind = "timeout" if isinstance(exc, RequestTimeout) else type(exc).__name__
-        return GitHubAnswer(None, None, f"GitHub {kind}")
+        # No answer to the token mint means the call itself was never sent.
+        minting = _failed_path(exc).endswith("/access_tokens")
+        return GitHubAnswer(None, None, f"GitHub {kind}" + (" minting a token" if minting else ""), minting)
+
+
+def _failed_path(exc: GitHubException) -> str:
+    """The path of the request that got no answer, when httpx says which one it was."""
+    origin = getattr(exc, "exc", None)
+    try:
+        return str(origin.request.url.path) if isinstance(origin, httpx.RequestError) else ""
+    except RuntimeError:  # httpx raises when an error carries no request
+        return ""
 
 
 class _PooledTransport(httpx.BaseTransport):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -28,6 +29,14 @@ class StacksonaCallFailed(Exception):
     def __init__(self, failure: StacksonaFailure) -> None:
         super().__init__(f"{failure.kind} {failure.status_code or ''} {failure.detail}".strip())
         self.failure = failure
+
+
+@dataclass(frozen=True)
+class AccessProbe:
+    """How Stacksona answered a lookup made only to test the key: the HTTP status, and whether the body was JSON."""
+
+    status_code: int
+    json_body: bool
 
 
 class StacksonaClient:
@@ -89,17 +98,29 @@ class StacksonaClient:
         body = {"event_type": event_type, "event_summary": summary, "payload": dict(payload)}
         self._call("POST", path, json=body)
 
+    def probe_access(self, task_id: str) -> AccessProbe:
+        """Looks up a task that cannot exist, only to see the key checked (`app.onboarding.check` reads the answer).
+
+        The lookup is documented, reads only, and puts nothing in front of a reviewer.
+        Timeouts and network faults raise StacksonaCallFailed.
+        """
+        response = self._send("GET", "/api/agent/decisions", params={"task_id": task_id})
+        return AccessProbe(response.status_code, _json_or_none(response) is not None)
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
+        if response.status_code >= 300:
+            raise StacksonaCallFailed(_http_failure(response))
+        return _json_or_empty(response)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, path, **kwargs)
+            return self._http.request(method, path, **kwargs)
         except httpx.TimeoutException:
             raise StacksonaCallFailed(StacksonaFailure("timeout", detail=f"{method} {path}")) from None
         except httpx.HTTPError as exc:
             detail = f"{method} {path}: {type(exc).__name__}"
             raise StacksonaCallFailed(StacksonaFailure("network", detail=detail)) from None
-        if response.status_code >= 300:
-            raise StacksonaCallFailed(_http_failure(response))
-        return _json_or_empty(response)
 
 
 def parse_answer(data: object, *, task_id: str, thread_id: str | None = None) -> StacksonaAnswer:
@@ -191,6 +212,14 @@ def _json_or_empty(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         raise StacksonaCallFailed(StacksonaFailure("malformed", response.status_code, None, "not JSON")) from None
+
+
+def _json_or_none(response: httpx.Response) -> object:
+    try:
+        body: object = response.json()
+    except ValueError:
+        return None
+    return body
 
 
 def _http_failure(response: httpx.Response) -> StacksonaFailure:

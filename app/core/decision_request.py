@@ -2,57 +2,44 @@
 
 Stacksona gate rules match on payload keys and `tool_name` must be a tool
 registered in the Gate, so keys stay flat and stable (docs/architecture.md, Stacksona facts).
+`tool_name`, `workflow_name` and `risk_level` come from the gate's effective policy
+(app/core/policy.py); the repository's file adds reviewer context and notes.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from app.core.gate import Gate
+from app.core.policy import GatePolicy
 
-WORKFLOW_NAME = "GitHub deployment"
-RISK_LEVELS = ("low", "medium", "high", "critical")
-_PRODUCTION_LIKE = re.compile(r"(^|[^a-z0-9])(prod|production|prd|live)([^a-z0-9]|$)")
-
-
-@dataclass(frozen=True)
-class EnvironmentRule:
-    """Per-environment overrides of what Stacksona is asked."""
-
-    tool_name: str | None = None
-    risk_level: str | None = None
-
-
-def default_tool_name(environment: str) -> str:
-    return "deploy_" + re.sub(r"[^a-z0-9]", "_", environment.lower())
-
-
-def default_risk_level(environment: str) -> str:
-    return "high" if _PRODUCTION_LIKE.search(environment.lower()) else "medium"
+DRY_RUN_LINE = "Dry run: the deployment goes ahead on GitHub without waiting; decisions are recorded, not enforced"
 
 
 def run_url(gate: Gate, github_web_url: str) -> str:
     return f"{github_web_url}/{gate.owner}/{gate.repo}/actions/runs/{gate.run_id}"
 
 
-def build_decision_request(gate: Gate, rules: Mapping[str, EnvironmentRule], github_web_url: str) -> dict[str, Any]:
-    rule = rules.get(gate.environment, EnvironmentRule())
+def build_decision_request(gate: Gate, policy: GatePolicy, github_web_url: str) -> dict[str, Any]:
     where = f"{gate.full_name} to {gate.environment}"
     what = gate.sha[:7] or gate.ref or f"run {gate.run_id}"
     link = run_url(gate, github_web_url)
+    preview = f"{gate.actor or 'someone'} wants to deploy {gate.ref or what} of {where}.\n{link}"
     return {
-        "workflow_name": WORKFLOW_NAME,
+        "workflow_name": policy.workflow_name,
         "task_label": f"Deploy {where}",
-        "tool_name": rule.tool_name or default_tool_name(gate.environment),
+        "tool_name": policy.tool_name,
         "subject": f"Deploy {gate.full_name}@{what} to {gate.environment}",
-        "preview": f"{gate.actor or 'someone'} wants to deploy {gate.ref or what} of {where}.\n{link}",
-        "risk_level": rule.risk_level or default_risk_level(gate.environment),
-        "summary": _summary(gate, link),
+        "preview": f"{preview}\n\n{policy.preview}" if policy.preview else preview,
+        "risk_level": policy.risk_level,
+        "summary": _summary(gate, link) + _policy_lines(policy),
         "payload": decision_payload(gate, link),
     }
+
+
+def _policy_lines(policy: GatePolicy) -> list[str]:
+    """The repository's own lines for reviewers, what its file changed, and whether this is a dry run."""
+    return [*policy.summary, *policy.notes, *([DRY_RUN_LINE] if policy.dry_run else [])]
 
 
 def decision_payload(gate: Gate, link: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ class GateState(StrEnum):
     REPORTING = "reporting"  # verdict known, the review is being sent to GitHub
     APPROVED = "approved"
     REJECTED = "rejected"
-    SUPERSEDED = "superseded"  # GitHub had nothing pending any more
+    SUPERSEDED = "superseded"  # GitHub had nothing pending any more, or the run finished while waiting
     FAILED = "failed"  # GitHub refused the review for a reason retrying cannot fix
 
 
@@ -90,6 +90,8 @@ class Gate:
     review_sent_at: float | None = None
     token_checked: str | None = None
     request_sent_at: float | None = None
+    # The effective policy as JSON (app.core.policy.GatePolicy), fixed when Stacksona is first asked.
+    policy: str | None = None
 
     @property
     def full_name(self) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from app.core.dry_run import github_state, with_verdict
 from app.core.gate import FINAL_STATES, VERDICTS, Change, Gate, GateState
 from app.core.transitions import retry_later
 
@@ -101,35 +102,54 @@ def after_status_report(
 
 
 def after_review(
-    gate: Gate, answer: GitHubAnswer, *, now: float, rand: Callable[[], float], api_version: str
+    gate: Gate,
+    answer: GitHubAnswer,
+    *,
+    now: float,
+    rand: Callable[[], float],
+    api_version: str,
+    dry_run: bool = False,
 ) -> Change:
-    """The final review's answer: close the gate, or retry durably (loudly when an operator must act)."""
+    """The final review's answer: close the gate, or retry durably (loudly when an operator must act).
+
+    The gate closes with the state GitHub was sent: in dry run always approved
+    (app/core/dry_run.py), while the verdict column keeps what Stacksona decided.
+    """
     reading = read_answer(answer)
-    change = _close_or_retry(gate, reading, answer, now=now, rand=rand)
-    return replace(change, alert=alert_for(reading, answer, api_version))
+    change = _close_or_retry(gate, reading, answer, now=now, rand=rand, dry_run=dry_run)
+    reason = with_verdict(change.reason, change.state, verdict_of(gate), dry_run=dry_run)
+    return replace(change, reason=reason, alert=alert_for(reading, answer, api_version))
 
 
 def _close_or_retry(
-    gate: Gate, reading: Reading, answer: GitHubAnswer, *, now: float, rand: Callable[[], float]
+    gate: Gate, reading: Reading, answer: GitHubAnswer, *, now: float, rand: Callable[[], float], dry_run: bool
 ) -> Change:
-    verdict = verdict_of(gate)
+    verdict = review_state(gate, dry_run=dry_run)  # what GitHub was sent
     if reading is Reading.TAKEN:
         return Change(verdict, f"GitHub deployment {verdict}", {"last_error": None})
     if reading in RETRIED:
-        return _retry_review(gate, answer, now=now, rand=rand)
+        return _retry_review(gate, verdict, answer, now=now, rand=rand)
     if gate.answered_at is not None and reading in (Reading.NOTHING_PENDING, Reading.NOT_FOUND):
         return Change(verdict, f"GitHub deployment {verdict}; the repeated answer found nothing more pending")
     if reading is Reading.NOTHING_PENDING:
         return _nothing_pending(gate, verdict, answer.detail)
+    # A definite refusal proves this attempt was not taken: the mark goes back to what it was,
+    # so a repeated answer (a job joined meanwhile) does not mistake it for a lost success.
+    not_taken = {"review_sent_at": gate.review_sent_at}
     if reading is Reading.NOT_FOUND:
         reason = f"GitHub answered not found ({answer.detail}): the run was deleted or the App lost access"
-        return Change(GateState.FAILED, reason)
-    return Change(GateState.FAILED, f"GitHub did not take the {verdict} review ({answer.detail})")
+        return Change(GateState.FAILED, reason, not_taken)
+    return Change(GateState.FAILED, f"GitHub did not take the {verdict} review ({answer.detail})", not_taken)
 
 
 def verdict_of(gate: Gate) -> GateState:
     """Anything but an explicit approval verdict rejects."""
     return GateState.APPROVED if gate.verdict == GateState.APPROVED else GateState.REJECTED
+
+
+def review_state(gate: Gate, *, dry_run: bool) -> GateState:
+    """What the final review tells GitHub: the verdict, or in dry run always approved."""
+    return github_state(verdict_of(gate), dry_run=dry_run)
 
 
 def _nothing_pending(gate: Gate, verdict: GateState, detail: str) -> Change:
@@ -139,14 +159,15 @@ def _nothing_pending(gate: Gate, verdict: GateState, detail: str) -> Change:
         return Change(
             verdict, f"GitHub has nothing pending after an earlier {verdict} review whose answer was lost ({detail})"
         )
-    return Change(GateState.SUPERSEDED, f"GitHub had nothing pending any more ({detail}); {verdict} not needed")
+    reason = f"GitHub had nothing pending any more ({detail}); {verdict} not needed"
+    return Change(GateState.SUPERSEDED, reason, {"review_sent_at": None})
 
 
-def _retry_review(gate: Gate, answer: GitHubAnswer, *, now: float, rand: Callable[[], float]) -> Change:
+def _retry_review(
+    gate: Gate, sent: GateState, answer: GitHubAnswer, *, now: float, rand: Callable[[], float]
+) -> Change:
     if now >= gate.created_at + GITHUB_WAIT_LIMIT_SECONDS:
-        return Change(
-            GateState.FAILED, f"GitHub did not take the {verdict_of(gate)} review in 30 days ({answer.detail})"
-        )
+        return Change(GateState.FAILED, f"GitHub did not take the {sent} review in 30 days ({answer.detail})")
     retry = retry_later(gate, answer.detail, answer.retry_after, now=now, rand=rand, until=None)
     # A refusal proves this attempt was not taken: only earlier attempts may have been.
     refused = answer.token_failure or (answer.status_code is not None and answer.status_code < 500)
@@ -161,6 +182,8 @@ def answer_again(change: Change, *, now: float) -> Change:
     """
     answered = change.state in VERDICTS
     values = {"rereview": False, "attempts": 0, "last_error": None} | ({"answered_at": now} if answered else {})
+    if "review_sent_at" in change.values:  # the attempt was refused: it must not count as sent
+        values["review_sent_at"] = change.values["review_sent_at"]
     reason = f"{change.reason}; a job joined meanwhile, so GitHub is answered once more"
     return Change(GateState.REPORTING, reason, values)
 

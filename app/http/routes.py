@@ -191,14 +191,14 @@ def _store_delivery(
         deployment = parse_deployment_request(payload, settings.github_api_url)
     except PayloadError as exc:
         return _rejected(str(exc), delivery_id)
+    # The central policy's deadline; a repository's file may still shorten it when Stacksona is asked.
+    deadline = settings.gate_policy(deployment.full_name, deployment.environment).deadline_seconds
     with slots.held() as held:
         if not held:
             log.warning("delivery %s not stored: every database slot is busy", delivery_id)
             return _BUSY
         try:
-            gate_id, outcome = store.deliveries.accept(
-                delivery_id, deployment, deadline_seconds=settings.gate_deadline_seconds
-            )
+            gate_id, outcome = store.deliveries.accept(delivery_id, deployment, deadline_seconds=deadline)
         except SQLAlchemyError as exc:
             # The transaction rolled back: GitHub may redeliver, nothing was stored.
             log.error("delivery %s not stored: %s", delivery_id, _reason(exc))

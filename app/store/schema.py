@@ -74,6 +74,9 @@ gates = Table(
     # Set before every Stacksona create: a later attempt looks the task up before
     # creating again, since Stacksona does not document creates as idempotent.
     Column("request_sent_at", Float, nullable=True),
+    # The gate's effective policy (JSON), fixed when Stacksona is first asked, so later
+    # steps keep it across restarts and policy changes (see app/core/policy.py).
+    Column("policy", Text, nullable=True),
     Column("last_error", Text, nullable=True),
     Index("ix_gates_due", "state", "next_attempt_at"),
     Index("ix_gates_thread_id", "thread_id"),

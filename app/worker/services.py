@@ -6,11 +6,12 @@ Built by the wiring (`app.runtime.build_services`); tests swap in fakes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.clients.github import GitHubClient
 from app.clients.stacksona import StacksonaClient
 from app.settings import Settings
+from app.worker.policy_files import PolicyFiles
 
 
 @dataclass(frozen=True)
@@ -20,3 +21,5 @@ class Services:
     github: GitHubClient
     clock: Callable[[], float]
     rand: Callable[[], float]
+    # Repositories' policy files read lately (per process, so a burst reads each once).
+    policy_files: PolicyFiles = field(default_factory=PolicyFiles)

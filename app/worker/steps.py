@@ -14,12 +14,13 @@ from typing import Any
 
 from app.clients.github import ReviewState, RunTarget
 from app.clients.stacksona import StacksonaCallFailed
-from app.core import comments, review, transitions
+from app.core import comments, dry_run, review, transitions
 from app.core.decision import (
     Adopt,
     AwaitReview,
     LookupOutcome,
     LookUpTask,
+    Reject,
     Retry,
     SendCreate,
     StacksonaAnswer,
@@ -34,6 +35,8 @@ from app.core.decision import (
 )
 from app.core.decision_request import build_decision_request
 from app.core.gate import FINAL_STATES, Change, Gate, GateState
+from app.core.policy import GatePolicy
+from app.core.repo_policy import FileRetry, FileUnusable, with_repository_file
 from app.core.timeline import timeline_event
 from app.worker.services import Services
 
@@ -77,14 +80,54 @@ def _look_up(gate: Gate, svc: Services) -> LookupOutcome:
 
 
 def _create(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
-    request = build_decision_request(gate, svc.settings.environment_rules, svc.settings.github_web_url)
-    if not checkpoint({"request_sent_at": svc.clock()}):
+    settled = _settle_policy(gate, svc)
+    if isinstance(settled, Change):
+        return settled
+    gate, policy, fresh = settled
+    request = build_decision_request(gate, policy, svc.settings.github_web_url)
+    # The policy is stored with the mark: a later attempt (even after a crash) asks and decides by it.
+    if not checkpoint({"request_sent_at": svc.clock(), "policy": gate.policy, "deadline_at": gate.deadline_at}):
         raise LeaseLost(f"gate {gate.id}: lease lost before creating the Stacksona request")
     try:
         answer = svc.stacksona.create_request(gate.task_id, request)
     except StacksonaCallFailed as exc:
-        return _after_outcome(gate, decide_on_create_failure(exc.failure), gate.thread_id, svc)
-    return _after_answer(gate, answer, svc, checkpoint)
+        change = _after_outcome(gate, decide_on_create_failure(exc.failure), gate.thread_id, svc)
+    else:
+        change = _after_answer(gate, answer, svc, checkpoint)
+    return _with_story(change, policy) if fresh else change
+
+
+def _settle_policy(gate: Gate, svc: Services) -> tuple[Gate, GatePolicy, bool] | Change:
+    """The gate's policy: as stored, or (first ask: `True`) the central one tightened by the repository's file."""
+    if (stored := GatePolicy.from_json(gate.policy)) is not None:
+        return gate, stored, False
+    central = svc.settings.gate_policy(gate.full_name, gate.environment)
+    now, version = svc.clock(), svc.settings.github_api_version
+    read = svc.policy_files.read(gate, svc.github, now=now, api_version=version)
+    found = with_repository_file(central, read, gate.environment)
+    if isinstance(found, FileRetry):
+        retry = transitions.retry_later(
+            gate, found.reason, found.retry_after, now=now, rand=svc.rand, until=gate.deadline_at
+        )
+        return replace(retry, alert=found.alert)
+    policy = central if isinstance(found, FileUnusable) else found
+    gate = replace(
+        gate, policy=policy.to_json(), deadline_at=min(gate.deadline_at, gate.created_at + policy.deadline_seconds)
+    )
+    if isinstance(found, FileUnusable):
+        closed = transitions.to_reporting(gate, Reject(f"Stacksona was not asked: {found.reason}"))
+    elif transitions.is_past_deadline(gate, now):  # a shorter deadline from the repository's file ran out
+        closed = transitions.timed_out(gate)
+    else:
+        return gate, policy, True
+    values = {**closed.values, "policy": gate.policy, "deadline_at": gate.deadline_at}
+    return _with_story(replace(closed, values=values), policy)
+
+
+def _with_story(change: Change, policy: GatePolicy) -> Change:
+    """The gate's history says which policy decided, and what the repository's file changed or could not."""
+    story = f"policy: {policy.matched}, {policy.mode}"
+    return replace(change, reason="; ".join([change.reason, story, *policy.notes]))
 
 
 def _poll(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
@@ -101,7 +144,7 @@ def _poll(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
 
 
 def _after_answer(gate: Gate, answer: StacksonaAnswer, svc: Services, checkpoint: Checkpoint) -> Change:
-    outcome = decide(answer, token_required=svc.settings.stacksona_require_approval_token)
+    outcome = decide(answer, token_required=_policy_of(gate, svc).require_approval_token)
     # The thread learnt when the request was created stays the gate's thread.
     thread_id = gate.thread_id or answer.thread_id
     if isinstance(outcome, ValidateToken):
@@ -124,6 +167,7 @@ def _validate(gate: Gate, check: ValidateToken, svc: Services, checkpoint: Check
 
 def _after_outcome(gate: Gate, outcome: Verdict | AwaitReview | Retry, thread_id: str | None, svc: Services) -> Change:
     now = svc.clock()
+    outcome = dry_run.outcome_in_mode(outcome, dry_run=_policy_of(gate, svc).dry_run)
     if isinstance(outcome, Retry):
         return transitions.retry_later(
             gate, outcome.reason, outcome.retry_after, now=now, rand=svc.rand, until=gate.deadline_at
@@ -142,15 +186,15 @@ def _post_status_report(gate: Gate, svc: Services) -> Change:
 
 
 def _report(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
-    verdict = review.verdict_of(gate)
-    approved = verdict is GateState.APPROVED
-    text = comments.final_comment(approved, gate.verdict_reason or "", gate.reviewer_message or "", _context(gate, svc))
+    dry = _policy_of(gate, svc).dry_run
+    reason, message = gate.verdict_reason or "", gate.reviewer_message or ""
+    text = dry_run.final_comment(review.verdict_of(gate), reason, message, _context(gate, svc), dry_run=dry)
     if not checkpoint({"review_sent_at": svc.clock()}):
         raise LeaseLost(f"gate {gate.id}: lease lost before sending the review")
-    state: ReviewState = "approved" if approved else "rejected"
+    state: ReviewState = "approved" if review.review_state(gate, dry_run=dry) is GateState.APPROVED else "rejected"
     answer = svc.github.review(_target(gate), state, text)
     version = svc.settings.github_api_version
-    return review.after_review(gate, answer, now=svc.clock(), rand=svc.rand, api_version=version)
+    return review.after_review(gate, answer, now=svc.clock(), rand=svc.rand, api_version=version, dry_run=dry)
 
 
 def tell_stacksona(gate: Gate, change: Change, svc: Services) -> str | None:
@@ -166,6 +210,11 @@ def tell_stacksona(gate: Gate, change: Change, svc: Services) -> str | None:
     except StacksonaCallFailed as exc:
         return str(exc)
     return None
+
+
+def _policy_of(gate: Gate, svc: Services) -> GatePolicy:
+    """The policy stored with the gate; before Stacksona was asked, the central policy as it is now."""
+    return GatePolicy.from_json(gate.policy) or svc.settings.gate_policy(gate.full_name, gate.environment)
 
 
 def _target(gate: Gate) -> RunTarget:
