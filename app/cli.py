@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from app import __version__
 from app.core.gate import OPEN_STATES
@@ -53,12 +54,39 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="walk deployments through the real App against local simulators")
     demo.add_argument("--verbose", action="store_true", help="also show the App's own log lines")
     demo.set_defaults(handler=_demo)
+    register = sub.add_parser("register", help="create the GitHub App from app.yml (manifest flow) and write .env")
+    register.add_argument("--org", help="register it for this organisation (default: your personal account)")
+    register.add_argument("--public-url", help="where GitHub reaches `serve`; webhooks go to URL/webhooks/github")
+    register.add_argument("--force", action="store_true", help="replace the App settings already in .env")
+    register.add_argument("--port", type=int, default=0, help="local port of the browser page (default: a free one)")
+    register.add_argument("--no-browser", action="store_true", help="only print the local page's address")
+    register.set_defaults(handler=_register)
+    sub.add_parser("check", help="check the configuration against GitHub, Stacksona and the database").set_defaults(
+        handler=_check
+    )
+    enable = sub.add_parser("enable", help="add the App as a deployment protection rule on environments")
+    enable.add_argument("--repo", dest="repos", nargs="+", action="extend", default=[], metavar="OWNER/NAME")
+    enable.add_argument("--environment", dest="environments", nargs="+", action="extend", required=True, metavar="NAME")
+    enable.add_argument("--create-environment", action="store_true", help="create environments that do not exist")
+    enable.add_argument(
+        "--installation",
+        dest="installations",
+        type=int,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="every repository of this installation of the App (needs GITHUB_PRIVATE_KEY)",
+    )
+    enable.add_argument("--all-repos", action="store_true", help="every repository the App is installed on")
+    enable.set_defaults(handler=_enable)
     return parser
 
 
 def _load() -> Settings:
     settings = load_settings()
     configure_logging(settings.log_level)
+    for notice in settings.notices:  # e.g. a deprecated setting in use: said once, at start
+        log.warning("%s", notice)
     return settings
 
 
@@ -79,13 +107,32 @@ def _run_gunicorn(settings: Settings, *, with_worker: bool, processes: int) -> i
     log.info(
         "listening on %s:%s (worker %s)", settings.host, settings.port, "in-process" if with_worker else "separate"
     )
-    GateServer(settings, with_worker=with_worker, processes=processes, threads=REQUEST_THREADS).run()
+    server = GateServer(settings, with_worker=with_worker, processes=processes, threads=REQUEST_THREADS)
+    _check_from_first_gunicorn_worker(server, settings)
+    server.run()
     return 0
+
+
+def _check_from_first_gunicorn_worker(server: Any, settings: Settings) -> None:
+    """The start-up checks run in the first worker gunicorn forks, not in its master.
+
+    A check thread in the master would be copied into each fork mid-call, with
+    whatever locks it held: the forked worker then hangs before it serves.
+    """
+    earlier = server.cfg.post_fork
+
+    def post_fork(arbiter: Any, worker: Any) -> None:
+        earlier(arbiter, worker)
+        if worker.age == 1:  # gunicorn numbers the workers it spawns; later ones replace a dead one
+            _start_startup_checks(settings)
+
+    server.cfg.set("post_fork", post_fork)
 
 
 def _worker(_args: argparse.Namespace) -> int:
     settings = _load()
     runtime = build_runtime(settings, engine=open_database(settings.database_url))
+    _start_startup_checks(settings)
     stop = threading.Event()
 
     def _request_stop(_signum: int, _frame: FrameType | None) -> None:
@@ -98,6 +145,25 @@ def _worker(_args: argparse.Namespace) -> int:
     runtime_worker.run(stop)
     runtime.close()
     return 0
+
+
+def _start_startup_checks(settings: Settings) -> None:
+    """In the background: a wrong key or a paused agent is logged at ERROR while deliveries keep being stored."""
+    from app.onboarding.check import start_startup_checks
+
+    start_startup_checks(settings)
+
+
+def _check(_args: argparse.Namespace) -> int:
+    from app.onboarding.check import all_passed, run_check
+
+    settings = load_settings()
+    # Only the check lines on stdout; the libraries' INFO lines would drown them.
+    configure_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING")
+    lines = run_check(settings)
+    for line in lines:
+        print(line, flush=True)
+    return 0 if all_passed(lines) else 1
 
 
 def _gates(args: argparse.Namespace) -> int:
@@ -118,3 +184,47 @@ def _demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
     return run_demo(verbose=args.verbose)
+
+
+def _register(args: argparse.Namespace) -> int:
+    from app.onboarding.register import RegisterError, RegisterOptions, register, summary_lines
+
+    options = RegisterOptions(
+        org=args.org, public_url=args.public_url, force=args.force, port=args.port, open_browser=not args.no_browser
+    )
+    try:
+        registration = register(options, os.environ, say=lambda line: print(line, flush=True))
+    except RegisterError as exc:
+        print(f"stacksona-gate register: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stacksona-gate register: stopped", file=sys.stderr)
+        return 130
+    for line in summary_lines(registration):
+        print(line)
+    return 0
+
+
+def _enable(args: argparse.Namespace) -> int:
+    from app.onboarding.enable import EnableError, EnableRequest, UsageError, enable
+
+    try:
+        request = EnableRequest(
+            tuple(args.repos),
+            tuple(args.environments),
+            args.create_environment,
+            tuple(args.installations),
+            args.all_repos,
+        )
+    except UsageError as exc:
+        print(f"stacksona-gate enable: {exc}", file=sys.stderr)
+        return 2
+    failed = False
+    try:
+        for result in enable(merged_environment(os.environ, Path(".env")), request):
+            print(result.line, flush=True)
+            failed = failed or not result.ok
+    except EnableError as exc:
+        print(f"stacksona-gate enable: {exc}", file=sys.stderr)
+        return 1
+    return 1 if failed else 0

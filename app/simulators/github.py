@@ -18,13 +18,17 @@ from app.simulators._server import (
     parse_json_object,
     status_phrase,
 )
+from app.simulators.github_app_info import APP_INFO_ENDPOINTS, AppInfo
 from app.simulators.github_auth import AppAuth
+from app.simulators.github_contents import CONTENTS_ENDPOINT, RepositoryContents
 from app.simulators.github_deliveries import (
     GHES_REDELIVERY_WINDOW,
     REDELIVERY_WINDOW,
     DeliveryLog,
     RecordedDelivery,
 )
+from app.simulators.github_environments import ENVIRONMENT_ENDPOINTS, RepositoryBook, RuleApp
+from app.simulators.github_manifest import MANIFEST_ENDPOINTS, ManifestRegistrar, manifest_rules
 from app.simulators.github_runs import RecordedReview, ReviewLog, RunBook, review_body_problem
 from app.simulators.github_webhooks import (
     DeliveryShape,
@@ -47,7 +51,7 @@ __all__ = [
     "RecordedReview",
 ]
 
-GitHubRoute = Literal["token", "review", "deliveries", "run"]
+GitHubRoute = Literal["token", "review", "deliveries", "run", "app", "environments", "contents"]
 DEFAULT_SHA = "9fceb02d0ae598e95dc970b74767f19372d61af8"
 DOTCOM_API_VERSIONS = ("2022-11-28", "2026-03-10")
 GHES_API_VERSIONS = ("2022-11-28",)
@@ -62,6 +66,11 @@ _ROUTE_OF: dict[str, GitHubRoute] = {
     "run": "run",
     "deliveries": "deliveries",
     "redeliver": "deliveries",
+    "app": "app",
+    "installations": "app",
+    "hook_config": "app",
+    **dict.fromkeys(ENVIRONMENT_ENDPOINTS, "environments"),
+    CONTENTS_ENDPOINT: "contents",
 }
 
 
@@ -71,6 +80,7 @@ def _error(status: int, message: str, documentation_url: str = _DOCS) -> Respons
 
 def _url_map(prefix: str) -> Map:
     run = f"{prefix}/repos/<owner>/<repo>/actions/runs/<int:run_id>"
+    environment = f"{prefix}/repos/<owner>/<repo>/environments/<environment_name>"
     return Map(
         [
             Rule(
@@ -82,6 +92,16 @@ def _url_map(prefix: str) -> Map:
             Rule(run, endpoint="run", methods=["GET"]),
             Rule(f"{prefix}/app/hook/deliveries", endpoint="deliveries", methods=["GET"]),
             Rule(f"{prefix}/app/hook/deliveries/<int:delivery_id>/attempts", endpoint="redeliver", methods=["POST"]),
+            Rule(f"{prefix}/app", endpoint="app", methods=["GET"]),
+            Rule(f"{prefix}/app/installations", endpoint="installations", methods=["GET"]),
+            Rule(f"{prefix}/app/hook/config", endpoint="hook_config", methods=["GET"]),
+            Rule(f"{prefix}/repos/<owner>/<repo>", endpoint="repository", methods=["GET"]),
+            Rule(environment, endpoint="environment", methods=["GET", "PUT"]),
+            Rule(f"{environment}/deployment_protection_rules", endpoint="protection_rules", methods=["GET", "POST"]),
+            Rule(f"{environment}/deployment_protection_rules/apps", endpoint="protection_rule_apps", methods=["GET"]),
+            Rule(f"{prefix}/installation/repositories", endpoint="installation_repos", methods=["GET"]),
+            *manifest_rules(prefix),
+            Rule(f"{prefix}/repos/<owner>/<repo>/contents/<path:path>", endpoint=CONTENTS_ENDPOINT, methods=["GET"]),
         ]
     )
 
@@ -109,7 +129,10 @@ class GitHubSimulator(SimulatorBase):
         self._ghes = bool(self._prefix) if ghes is None else ghes
         self._api_versions = frozenset(api_versions or (GHES_API_VERSIONS if self._ghes else DOTCOM_API_VERSIONS))
         self._lock = threading.Lock()
-        self._faults = FaultPlan(("token", "review", "deliveries", "run"), lambda s: {"message": status_phrase(s)})
+        self._faults = FaultPlan(
+            ("token", "review", "deliveries", "run", "app", "environments", "contents"),
+            lambda s: {"message": status_phrase(s)},
+        )
         self.hook_id = 400_000_000 + app_id
         self._deliveries = DeliveryLog(
             self._hook_identity,
@@ -117,7 +140,16 @@ class GitHubSimulator(SimulatorBase):
             window=GHES_REDELIVERY_WINDOW if self._ghes else REDELIVERY_WINDOW,
         )
         self._runs = RunBook()
+        # Apps created through the manifest flow (`register`): tests read `manifests.apps`.
+        self.manifests = ManifestRegistrar(web_url=lambda: self._server.base_url, ghes=self._ghes)
+        # The App's own description (GET /app, installations, hook config); tests change `app.registered`.
+        self.app = AppInfo(app_id, self._auth, ghes=bool(self._prefix))
+        self._repositories = RepositoryBook(
+            self._auth, lambda: RuleApp(app_id, self.app.registered.slug), lambda: self.url
+        )
         self._reviews = ReviewLog()
+        # Files on repositories' branches (GET …/contents/{path}): tests set them, deny access, read the requests.
+        self.contents = RepositoryContents(self._auth, self._can_see)
         self._token_requests: list[int] = []
         self._next_deployment_id = 1_000_001
         super().__init__(_url_map(self._prefix))
@@ -191,6 +223,11 @@ class GitHubSimulator(SimulatorBase):
         """An admin bypassed the rule (or another rule decided): nothing pending, yet the run goes on."""
         self._runs.stop_waiting(owner, repo, run_id, environment)
 
+    @property
+    def repositories(self) -> RepositoryBook:
+        """Repositories, environments, protection rules and user tokens (for `enable`): tests declare them here."""
+        return self._repositories
+
     def revoke_tokens(self) -> None:
         """Every installation token issued so far answers 401, as after its hour ran out."""
         self._auth.revoke_tokens()
@@ -240,6 +277,8 @@ class GitHubSimulator(SimulatorBase):
         return _error(404, "Not Found")
 
     def _handle(self, endpoint: str, request: Request, args: Mapping[str, Any]) -> Response:
+        if endpoint in MANIFEST_ENDPOINTS:
+            return self.manifests.handle(endpoint, request, args, self._unsupported_version(request))
         if endpoint == "token":
             with self._lock:
                 self._token_requests.append(int(args["installation_id"]))
@@ -252,6 +291,12 @@ class GitHubSimulator(SimulatorBase):
             return self._issue_token(request, int(args["installation_id"]))
         if endpoint == "run":
             return self._get_run(request, str(args["owner"]), str(args["repo"]), int(args["run_id"]))
+        if endpoint == CONTENTS_ENDPOINT:
+            return self.contents.answer(request, str(args["owner"]), str(args["repo"]), str(args["path"]), self.url)
+        if endpoint in APP_INFO_ENDPOINTS:
+            return self.app.answer(endpoint, request)
+        if endpoint in ENVIRONMENT_ENDPOINTS:
+            return self._repositories.answer(endpoint, request, dict(args))
         return self._app_hook(endpoint, request, args)
 
     def _unsupported_version(self, request: Request) -> Response | None:
@@ -274,7 +319,8 @@ class GitHubSimulator(SimulatorBase):
         return self._deliveries.redeliver(int(args["delivery_id"]))
 
     def _issue_token(self, request: Request, installation_id: int) -> Response:
-        if not self._auth.jwt_is_valid(request.headers.get("Authorization", "")):
+        authorization = request.headers.get("Authorization", "")
+        if not (self._auth.jwt_is_valid(authorization) or self.manifests.jwt_is_valid(authorization)):
             return _error(401, "A JSON web token could not be decoded")
         return json_response(201, self._auth.issue_token(installation_id))
 

@@ -1,0 +1,114 @@
+"""GitHub's REST API for the onboarding commands: plain httpx, the headers GitHub asks for, refusals explained.
+
+Redirects are answers, not followed (a renamed repository answers 301); errors carry
+GitHub's message and the fix, never a credential.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from app.clients.github import USER_AGENT, proxy_for
+from app.core.secret import Secret
+
+__all__ = ["DEFAULT_TIMEOUT", "Answer", "CallFailed", "GitHubRest", "paged", "refusal"]
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+_PER_PAGE = 100
+_MAX_PAGES = 50
+_ADMIN_FIX = "use a token of a repository admin (classic: `repo` scope; fine-grained: Administration read and write)"
+
+
+class CallFailed(Exception):
+    """A call (or what it answered) failed; `reason` says why and names the fix."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def message(self) -> str:
+        message = self.body.get("message") if isinstance(self.body, dict) else None
+        return " ".join(str(message).split())[:200] if message else "no message"
+
+
+def refusal(answer: Answer, action: str, repository: str, credential: str = "GITHUB_TOKEN") -> str:
+    """Why GitHub refused `action` on `repository`, with the fix (pure: table-tested)."""
+    status, message = answer.status, answer.message
+    if status == 401:
+        return f"GitHub refused {credential} (401 {message}): set a valid, unexpired token"
+    if status in (403, 429) and (answer.headers.get("x-ratelimit-remaining") == "0" or "rate limit" in message.lower()):
+        wait = answer.headers.get("retry-after")
+        return f"GitHub's rate limit is used up: run the command again {f'in {wait} s' if wait else 'later'}"
+    if status == 403:
+        return f"{credential} may not {action} in {repository} (403 {message}): {_ADMIN_FIX}"
+    if status in (400, 410) and "X-GitHub-Api-Version" in message:
+        return f"GitHub refused the REST API version sent ({message}): set GITHUB_API_VERSION to one it lists"
+    if 300 <= status < 400:
+        return f"GitHub redirected (HTTP {status}): {repository} was renamed or transferred; use its current name"
+    if status >= 500:
+        return f"GitHub failed to {action} (HTTP {status} {message}): run the command again"
+    return f"GitHub would not {action} in {repository} (HTTP {status} {message})"
+
+
+class GitHubRest:
+    """GITHUB_API_URL over httpx, with the headers GitHub asks for; redirects are answers, not followed."""
+
+    def __init__(self, api_url: str, api_version: str, *, transport: httpx.BaseTransport | None = None) -> None:
+        self._api_url = api_url
+        headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": api_version}
+        self._client = httpx.Client(
+            base_url=api_url,
+            headers=headers | {"User-Agent": USER_AGENT},
+            timeout=DEFAULT_TIMEOUT,
+            transport=transport or httpx.HTTPTransport(proxy=proxy_for(api_url)),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def call(self, method: str, path: str, credential: Secret, **kwargs: Any) -> Answer:
+        headers = {"Authorization": f"Bearer {credential.reveal()}"}
+        try:
+            response = self._client.request(method, path, headers=headers, **kwargs)
+        except httpx.TimeoutException:
+            raise CallFailed("GitHub did not answer in time: run the command again") from None
+        except httpx.HTTPError as exc:
+            raise CallFailed(f"cannot reach {self._api_url} ({type(exc).__name__}): check GITHUB_API_URL") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        return Answer(response.status_code, body, response.headers)
+
+
+def paged(
+    call: Callable[[dict[str, int]], Answer], field: str | None, fail: Callable[[Answer], Exception]
+) -> list[Any]:
+    """Every item of a paginated list (a bare array, or the array under `field`)."""
+    items: list[Any] = []
+    for page in range(1, _MAX_PAGES + 1):
+        answer = call({"per_page": _PER_PAGE, "page": page})
+        if not answer.ok:
+            raise fail(answer)
+        batch = answer.body if field is None else answer.body.get(field) if isinstance(answer.body, dict) else None
+        batch = [item for item in batch if isinstance(item, dict)] if isinstance(batch, list) else []
+        items += batch
+        if len(batch) < _PER_PAGE:
+            break
+    return items
