@@ -619,3 +619,31 @@ def test_the_final_comment_says_what_was_decided(verdict: GateState, dry_run: bo
     assert "Stacksona rejected the deployment by policy" in text and "> frozen" in text and "thr_1" in text
     long = final_comment(verdict, "x" * 2000, "", ctx, dry_run=dry_run)
     assert len(long) <= comments.MAX_COMMENT_CHARS and long.startswith(HEADLINE) is dry_run
+
+
+@pytest.mark.parametrize(
+    ("in_file", "from_environment", "required"),
+    [(None, False, False), (None, True, True), (True, False, True), (False, False, False), (False, True, True)],
+)
+def test_stacksona_require_approval_token_is_a_floor_no_policy_file_lowers(
+    in_file: bool | None, from_environment: bool, required: bool
+) -> None:
+    text = "defaults:\n  mode: enforce\n" + (
+        f"  require_approval_token: {str(in_file).lower()}\n" if in_file is not None else ""
+    )
+    got = resolve(parse_central_policy(text, "p"), "a/b", "production", Fallback(3600.0, from_environment))
+    assert got.require_approval_token is required
+
+
+def test_a_stored_policy_with_fields_of_a_newer_release_still_loads() -> None:
+    stored = resolve(Policy(), "a/b", "production")
+    assert GatePolicy.from_json(stored.to_json()[:-1] + ', "added_later": 1}') == stored
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+@pytest.mark.parametrize(("stored_token", "floor"), [(False, False), (False, True), (True, False)])
+def test_an_asked_gate_without_its_stored_policy_is_never_loosened(mode: Mode, stored_token: bool, floor: bool) -> None:
+    central = replace(resolve(Policy(), "a/b", "production"), mode=mode, require_approval_token=stored_token)
+    fallback = central.enforced(require_approval_token=floor)
+    assert fallback.mode is Mode.ENFORCE and not fallback.dry_run
+    assert fallback.require_approval_token is (stored_token or floor)

@@ -113,6 +113,15 @@ class GatePolicy:
     def dry_run(self) -> bool:
         return self.mode is Mode.DRY_RUN
 
+    def enforced(self, *, require_approval_token: bool) -> GatePolicy:
+        """This policy, never in dry run and never requiring less than `require_approval_token`.
+
+        For a gate already asked whose stored policy is missing (asked before policies were
+        stored) or unreadable: a policy changed since then must not loosen it.
+        """
+        token = self.require_approval_token or require_approval_token
+        return replace(self, mode=Mode.ENFORCE, require_approval_token=token)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
@@ -123,6 +132,8 @@ class GatePolicy:
             data = json.loads(text or "null")
             if not isinstance(data, dict):
                 return None
+            # A policy stored by a newer release may carry more fields: keep what this one knows.
+            data = {key: value for key, value in data.items() if key in cls.__dataclass_fields__}
             data |= {"mode": Mode(data["mode"]), "summary": tuple(data["summary"]), "notes": tuple(data["notes"])}
             return cls(**data)
         except (ValueError, TypeError, KeyError):
@@ -147,13 +158,11 @@ def resolve(policy: Policy, repository: str, environment: str, fallback: Fallbac
         tool_name=chosen.tool_name or default_tool_name(environment),
         workflow_name=chosen.workflow_name or WORKFLOW_NAME,
         deadline_seconds=chosen.deadline_seconds or fallback.deadline_seconds,
-        require_approval_token=_first_set(chosen.require_approval_token, fallback.require_approval_token),
+        # STACKSONA_REQUIRE_APPROVAL_TOKEN=true is a floor: a policy file copied from an example
+        # that says `require_approval_token: false` must not quietly turn it off.
+        require_approval_token=bool(chosen.require_approval_token) or fallback.require_approval_token,
         matched=rule.name if rule else (f"the defaults of {policy.source}" if policy.source else "built-in defaults"),
     )
-
-
-def _first_set(value: bool | None, fallback: bool) -> bool:
-    return fallback if value is None else value
 
 
 def exact_pattern(name: str) -> str:

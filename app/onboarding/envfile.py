@@ -11,7 +11,7 @@ import os
 import re
 import secrets
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv.parser import parse_stream
@@ -23,7 +23,7 @@ _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./:@+=,-]*")
 
 @dataclass(frozen=True)
 class EnvUpdate:
-    text: str
+    text: str = field(repr=False)  # holds the private key and the webhook secret
     written: tuple[str, ...]  # keys whose new value is in `text`
     kept: tuple[str, ...]  # keys we were given but that already had a value (not forced)
 

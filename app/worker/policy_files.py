@@ -17,10 +17,13 @@ from app.core.repo_policy import REPOSITORY_FILE, FileForbidden, FileRead, FileR
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 60.0
+# A read to retry is kept briefly too: gates of one repository waiting for the same read
+# must not each spend a GitHub timeout on it, one after another.
+RETRY_CACHE_SECONDS = 5.0
 
 
 class PolicyFiles:
-    """Per repository: the last definite read and when it was made (retries are never kept).
+    """Per repository: the last read and when it was made (a read to retry only for a few seconds).
 
     Gates of one repository that run at the same time wait for one read instead of each making its own.
     """
@@ -41,14 +44,18 @@ class PolicyFiles:
     def _cached(self, repository_id: int, now: float) -> FileRead | None:
         with self._lock:
             cached = self._reads.get(repository_id)
-        return cached[1] if cached is not None and now - cached[0] < self._cache_seconds else None
+        if cached is None:
+            return None
+        at, read = cached
+        return (
+            read if now - at < (RETRY_CACHE_SECONDS if isinstance(read, FileRetry) else self._cache_seconds) else None
+        )
 
     def _fetch(self, gate: Gate, github: GitHubClient, now: float, api_version: str) -> FileRead:
         answer, body = github.get_file(gate.installation_id, gate.owner, gate.repo, REPOSITORY_FILE)
         read = read_contents(answer, body, api_version)
-        if not isinstance(read, FileRetry):
-            with self._lock:
-                self._reads[gate.repository_id] = (now, read)
+        with self._lock:
+            self._reads[gate.repository_id] = (now, read)
         if isinstance(read, FileForbidden):
             self._say_forbidden_once(gate, read)
         return read

@@ -202,8 +202,8 @@ def tell_stacksona(gate: Gate, change: Change, svc: Services) -> str | None:
 
     Returns why the event could not be added, or None.
     """
-    if change.state not in FINAL_STATES:
-        return None
+    if change.state not in FINAL_STATES or (gate.request_sent_at is None and gate.thread_id is None):
+        return None  # Stacksona never heard of this task (e.g. an unusable repository file)
     event = timeline_event(gate, change)
     try:
         svc.stacksona.add_event(gate.task_id, event.event_type, event.summary, event.payload)
@@ -214,7 +214,11 @@ def tell_stacksona(gate: Gate, change: Change, svc: Services) -> str | None:
 
 def _policy_of(gate: Gate, svc: Services) -> GatePolicy:
     """The policy stored with the gate; before Stacksona was asked, the central policy as it is now."""
-    return GatePolicy.from_json(gate.policy) or svc.settings.gate_policy(gate.full_name, gate.environment)
+    if (stored := GatePolicy.from_json(gate.policy)) is not None:
+        return stored
+    central = svc.settings.gate_policy(gate.full_name, gate.environment)
+    asked = gate.policy is not None or gate.request_sent_at is not None or gate.thread_id is not None
+    return central.enforced(require_approval_token=svc.settings.stacksona_require_approval_token) if asked else central
 
 
 def _target(gate: Gate) -> RunTarget:
