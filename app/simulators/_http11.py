@@ -45,12 +45,15 @@ class KeepAliveWSGIServer(socketserver.ThreadingTCPServer):
     # Bursts open many connections at once; the default backlog of 5 would make clients wait out SYN retries.
     request_queue_size = 128
 
-    def __init__(self, app: WSGIApplication) -> None:
+    # A fixed port (`python -m app.simulators`) must be usable again right after a restart.
+    allow_reuse_address = True
+
+    def __init__(self, app: WSGIApplication, port: int = 0) -> None:
         self.app = app
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._accepted = 0
-        super().__init__(("127.0.0.1", 0), KeepAliveHandler)
+        super().__init__(("127.0.0.1", port), KeepAliveHandler)
 
     @property
     def port(self) -> int:

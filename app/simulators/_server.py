@@ -25,21 +25,22 @@ _MAX_HOLD_SECONDS = 60.0
 
 
 class LoopbackServer:
-    """Serves one WSGI app on 127.0.0.1 (random free port) from daemon threads, with HTTP/1.1 keep-alive.
+    """Serves one WSGI app on 127.0.0.1 (`port`, 0: a free one) from daemon threads, with HTTP/1.1 keep-alive.
 
     Keep-alive because GitHub keeps connections open: a server closing each one
     would hide a client that opens a connection per call (see `_http11`).
     """
 
-    def __init__(self, app: WSGIApplication) -> None:
+    def __init__(self, app: WSGIApplication, port: int = 0) -> None:
         self._app = app
+        self._port = port
         self._server: KeepAliveWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> Self:
         if self._server is not None:
             raise RuntimeError("server already started")
-        server = KeepAliveWSGIServer(self._app)
+        server = KeepAliveWSGIServer(self._app, self._port)
         # A short poll interval keeps stop() fast; tests start and stop many servers.
         thread = threading.Thread(
             target=server.serve_forever,
@@ -221,9 +222,9 @@ class SimulatorBase:
 
     _faults: FaultPlan  # set by the subclass, with its own routes
 
-    def __init__(self, url_map: Map) -> None:
+    def __init__(self, url_map: Map, port: int = 0) -> None:
         self._url_map = url_map
-        self._server = LoopbackServer(self._wsgi)
+        self._server = LoopbackServer(self._wsgi, port)
 
     def hold(self, route: str) -> None:
         """Keeps later calls to `route` in flight until `release`: a crash can then land mid-call."""

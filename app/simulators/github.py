@@ -19,15 +19,13 @@ from app.simulators._server import (
     status_phrase,
 )
 from app.simulators.github_app_info import APP_INFO_ENDPOINTS, AppInfo
+from app.simulators.github_apps import AppRegistry, SimApp, SimInstallation, hook_id_of, load_public_key
 from app.simulators.github_auth import AppAuth
 from app.simulators.github_contents import CONTENTS_ENDPOINT, RepositoryContents
-from app.simulators.github_deliveries import (
-    GHES_REDELIVERY_WINDOW,
-    REDELIVERY_WINDOW,
-    DeliveryLog,
-    RecordedDelivery,
-)
+from app.simulators.github_deliveries import GHES_REDELIVERY_WINDOW, REDELIVERY_WINDOW, RecordedDelivery
 from app.simulators.github_environments import ENVIRONMENT_ENDPOINTS, RepositoryBook, RuleApp
+from app.simulators.github_hooks import AppHooks
+from app.simulators.github_install import INSTALL_ENDPOINTS, InstallPage, install_rules
 from app.simulators.github_manifest import MANIFEST_ENDPOINTS, ManifestRegistrar, manifest_rules
 from app.simulators.github_runs import RecordedReview, ReviewLog, RunBook, review_body_problem
 from app.simulators.github_webhooks import (
@@ -101,6 +99,7 @@ def _url_map(prefix: str) -> Map:
             Rule(f"{environment}/deployment_protection_rules/apps", endpoint="protection_rule_apps", methods=["GET"]),
             Rule(f"{prefix}/installation/repositories", endpoint="installation_repos", methods=["GET"]),
             *manifest_rules(prefix),
+            *install_rules(),
             Rule(f"{prefix}/repos/<owner>/<repo>/contents/<path:path>", endpoint=CONTENTS_ENDPOINT, methods=["GET"]),
         ]
     )
@@ -112,19 +111,30 @@ class GitHubSimulator(SimulatorBase):
     Where GitHub's references are silent it behaves like the least forgiving real
     service: unknown REST API versions are refused (410 on github.com, 400 on GHES),
     deliveries use the real headers and shapes, and GHES waits 30 s for a webhook answer.
+
+    Built with `app_id` and `public_key_pem`, it knows that App (installed on acme as
+    installation 1); without them it knows no App until one is registered through the
+    manifest flow and installed through its install page (`python -m app.simulators`).
     """
 
     def __init__(
         self,
         *,
-        app_id: int,
-        public_key_pem: str | bytes,
+        app_id: int | None = None,
+        public_key_pem: str | bytes | None = None,
         path_prefix: str = "",
         api_versions: Collection[str] | None = None,
         ghes: bool | None = None,
+        port: int = 0,
     ) -> None:
         self._app_id = app_id
-        self._auth = AppAuth(app_id, public_key_pem)
+        # Every App this GitHub knows (the one it is built with, those registered from a manifest).
+        self.apps = AppRegistry()
+        if app_id is not None:
+            if public_key_pem is None:
+                raise ValueError("public_key_pem is required with app_id")
+            self.apps.add(SimApp(app_id, load_public_key(public_key_pem), installations=[SimInstallation(1, "acme")]))
+        self._auth = AppAuth(self.apps)
         self._prefix = path_prefix.rstrip("/")
         self._ghes = bool(self._prefix) if ghes is None else ghes
         self._api_versions = frozenset(api_versions or (GHES_API_VERSIONS if self._ghes else DOTCOM_API_VERSIONS))
@@ -133,30 +143,37 @@ class GitHubSimulator(SimulatorBase):
             ("token", "review", "deliveries", "run", "app", "environments", "contents"),
             lambda s: {"message": status_phrase(s)},
         )
-        self.hook_id = 400_000_000 + app_id
-        self._deliveries = DeliveryLog(
+        self._hooks = AppHooks(
             self._hook_identity,
             timeout=self.delivery_timeout,
             window=GHES_REDELIVERY_WINDOW if self._ghes else REDELIVERY_WINDOW,
         )
         self._runs = RunBook()
         # Apps created through the manifest flow (`register`): tests read `manifests.apps`.
-        self.manifests = ManifestRegistrar(web_url=lambda: self._server.base_url, ghes=self._ghes)
-        # The App's own description (GET /app, installations, hook config); tests change `app.registered`.
-        self.app = AppInfo(app_id, self._auth, ghes=bool(self._prefix))
-        self._repositories = RepositoryBook(
-            self._auth, lambda: RuleApp(app_id, self.app.registered.slug), lambda: self.url
+        self.manifests = ManifestRegistrar(apps=self.apps, web_url=lambda: self._server.base_url, ghes=self._ghes)
+        # The Apps' own description (GET /app, installations, hook config); tests change `app.registered`.
+        self.app = AppInfo(self.apps, self._auth, default_app_id=app_id, ghes=bool(self._prefix))
+        self._repositories = RepositoryBook(self._auth, self._rule_app_of, lambda: self.url)
+        self._install_page = InstallPage(
+            self.apps,
+            user_login=lambda: self.manifests.user_login,
+            on_install=lambda _app, installation: self._repositories.install(installation.account, installation.id),
         )
         self._reviews = ReviewLog()
         # Files on repositories' branches (GET …/contents/{path}): tests set them, deny access, read the requests.
         self.contents = RepositoryContents(self._auth, self._can_see)
         self._token_requests: list[int] = []
         self._next_deployment_id = 1_000_001
-        super().__init__(_url_map(self._prefix))
+        super().__init__(_url_map(self._prefix), port)
 
     @property
     def url(self) -> str:
         return self._server.base_url + self._prefix
+
+    @property
+    def hook_id(self) -> int:
+        """The webhook id of the App the simulator was built with (X-GitHub-Hook-ID)."""
+        return hook_id_of(self._default_app_id())
 
     @property
     def delivery_timeout(self) -> float:
@@ -203,14 +220,19 @@ class GitHubSimulator(SimulatorBase):
         secret: str,
         event: str = "deployment_protection_rule",
         delivery_id: str | None = None,
+        app_id: int | None = None,
     ) -> httpx.Response:
-        """POSTs `payload` with the headers and signature GitHub sends (bytes go out as-is), and records it."""
-        return self._deliveries.send(webhook_url, payload, secret=secret, event=event, guid=delivery_id)
+        """POSTs `payload` with the headers and signature GitHub sends (bytes go out as-is), and records it.
+
+        It is the webhook of App `app_id` (default: the App the simulator was built with).
+        """
+        log = self._hooks.log(self._default_app_id() if app_id is None else app_id)
+        return log.send(webhook_url, payload, secret=secret, event=event, guid=delivery_id)
 
     @property
     def deliveries(self) -> list[RecordedDelivery]:
-        """Every delivery attempt so far, oldest first (redeliveries included)."""
-        return self._deliveries.attempts
+        """Every delivery attempt of the App the simulator was built with, oldest first (redeliveries included)."""
+        return self._hooks.log(self._default_app_id()).attempts
 
     def finish_run(self, owner: str, repo: str, run_id: int, *, conclusion: str = "success") -> None:
         """The run completes (e.g. "cancelled", "failure"): nothing of it is pending any more."""
@@ -269,9 +291,19 @@ class GitHubSimulator(SimulatorBase):
     def is_pending(self, owner: str, repo: str, run_id: int, environment: str) -> bool:
         return self._runs.is_waiting(owner, repo, run_id, environment)
 
-    def _hook_identity(self) -> HookIdentity:
+    def _hook_identity(self, app_id: int) -> HookIdentity:
         host = f"127.0.0.1:{self._server.port}" if self._ghes else None
-        return HookIdentity(self._app_id, self.hook_id, enterprise_host=host)
+        return HookIdentity(app_id, hook_id_of(app_id), enterprise_host=host)
+
+    def _default_app_id(self) -> int:
+        if self._app_id is None:
+            raise LookupError("this simulator was built without an App: pass app_id to deliver as it")
+        return self._app_id
+
+    def _rule_app_of(self, installation_id: int) -> RuleApp | None:
+        """The App an installation belongs to; ids no App lists are the built-with App's (tests declare them)."""
+        app = self.apps.owner_of(installation_id) or (None if self._app_id is None else self.apps.get(self._app_id))
+        return None if app is None else RuleApp(app.id, app.slug)
 
     def _not_found(self) -> Response:
         return _error(404, "Not Found")
@@ -279,6 +311,8 @@ class GitHubSimulator(SimulatorBase):
     def _handle(self, endpoint: str, request: Request, args: Mapping[str, Any]) -> Response:
         if endpoint in MANIFEST_ENDPOINTS:
             return self.manifests.handle(endpoint, request, args, self._unsupported_version(request))
+        if endpoint in INSTALL_ENDPOINTS:
+            return self._install_page.handle(request, args)
         if endpoint == "token":
             with self._lock:
                 self._token_requests.append(int(args["installation_id"]))
@@ -312,17 +346,16 @@ class GitHubSimulator(SimulatorBase):
         return _error(400 if self._ghes else 410, message, _VERSIONS_DOCS)
 
     def _app_hook(self, endpoint: str, request: Request, args: Mapping[str, Any]) -> Response:
-        if not self._auth.jwt_is_valid(request.headers.get("Authorization", "")):
+        app = self._auth.app_for_jwt(request.headers.get("Authorization", ""))
+        if app is None:
             return _error(401, "A JSON web token could not be decoded")
-        if endpoint == "deliveries":
-            return self._deliveries.list_page(request, self.url)
-        return self._deliveries.redeliver(int(args["delivery_id"]))
+        return self._hooks.answer(app.id, endpoint, request, args, self.url)
 
     def _issue_token(self, request: Request, installation_id: int) -> Response:
-        authorization = request.headers.get("Authorization", "")
-        if not (self._auth.jwt_is_valid(authorization) or self.manifests.jwt_is_valid(authorization)):
+        app = self._auth.app_for_jwt(request.headers.get("Authorization", ""))
+        if app is None:
             return _error(401, "A JSON web token could not be decoded")
-        return json_response(201, self._auth.issue_token(installation_id))
+        return json_response(201, self._auth.issue_token(app, installation_id))
 
     def _get_run(self, request: Request, owner: str, repo: str, run_id: int) -> Response:
         installation_id = self._auth.installation_for(request.headers.get("Authorization", ""))

@@ -10,86 +10,60 @@ webhook secret is never echoed (GitHub masks it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-import jwt
 from werkzeug.wrappers import Request, Response
 
 from app.simulators._server import json_response
-from app.simulators.github_auth import AppAuth
+from app.simulators.github_apps import DEFAULT_EVENTS, DEFAULT_PERMISSIONS, AppRegistry, SimApp, SimInstallation
+from app.simulators.github_auth import AppAuth, claimed_issuer
+
+__all__ = ["APP_INFO_ENDPOINTS", "DEFAULT_EVENTS", "DEFAULT_PERMISSIONS", "AppInfo", "SimInstallation"]
 
 APP_INFO_ENDPOINTS = frozenset({"app", "installations", "hook_config"})
-DEFAULT_SLUG = "stacksona-deployment-gate"
-# What app.yml asks for (a test compares them); the simulator does not read it (simulators sit below onboarding).
-DEFAULT_PERMISSIONS = {"actions": "read", "deployments": "write", "metadata": "read", "contents": "read"}
-DEFAULT_EVENTS = ("deployment_protection_rule",)
 _TIMESTAMP = "2024-01-01T00:00:00Z"
 _DOCS = "https://docs.github.com/rest/apps/apps"
 
 
-@dataclass
-class SimInstallation:
-    """One account the App is installed on; `permissions` None means it accepted what the App asks for."""
-
-    id: int
-    account: str
-    account_type: Literal["Organization", "User"] = "Organization"
-    permissions: dict[str, str] | None = None
-    suspended: bool = False
-
-
-@dataclass
-class RegisteredApp:
-    """What GitHub knows about the App. Tests change these fields to misconfigure it."""
-
-    slug: str = DEFAULT_SLUG
-    name: str = "Stacksona Deployment Gate"
-    owner: str = "acme"
-    owner_type: Literal["Organization", "User"] = "Organization"
-    permissions: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PERMISSIONS))
-    events: list[str] = field(default_factory=lambda: list(DEFAULT_EVENTS))
-    # None: the App has no webhook at all; GitHub then has no hook configuration to show.
-    webhook_url: str | None = None
-    insecure_ssl: str = "0"
-    installations: list[SimInstallation] = field(default_factory=lambda: [SimInstallation(1, "acme")])
-
-
 class AppInfo:
-    """Answers the three App-JWT reads from `registered` (the test may replace or change it at any time)."""
+    """Answers the three App-JWT reads for whichever App of the registry the JWT names."""
 
-    def __init__(self, app_id: int, auth: AppAuth, *, ghes: bool) -> None:
-        self._app_id = app_id
+    def __init__(self, apps: AppRegistry, auth: AppAuth, *, default_app_id: int | None, ghes: bool) -> None:
+        self._apps = apps
         self._auth = auth
+        self._default_app_id = default_app_id
         self._ghes = ghes
-        self.registered = RegisteredApp()
+
+    @property
+    def registered(self) -> SimApp:
+        """The App the simulator was built with (tests change its fields to misconfigure it)."""
+        app = None if self._default_app_id is None else self._apps.get(self._default_app_id)
+        if app is None:
+            raise LookupError("this simulator was built without an App: register one through the manifest flow")
+        return app
 
     def answer(self, endpoint: str, request: Request) -> Response:
-        refusal = self._refuse_jwt(request.headers.get("Authorization", ""))
-        if refusal is not None:
-            return refusal
-        app = self.registered
-        web = request.host_url.rstrip("/") if self._ghes else "https://github.com"
+        authorization = request.headers.get("Authorization", "")
+        # GitHub finds the App by `iss` before it checks the signature.
+        issuer = claimed_issuer(authorization)
+        if issuer is not None and not any(str(app.id) == issuer for app in self._apps.all()):
+            return _error(404, "Integration not found")
+        app = self._auth.app_for_jwt(authorization)
+        if app is None:
+            return _error(401, "A JSON web token could not be decoded")
+        web = app.web_url or (request.host_url.rstrip("/") if self._ghes else "https://github.com")
         if endpoint == "app":
             return json_response(200, self._app_json(app, web))
         if endpoint == "installations":
             return self._installations_page(app, web, request)
         return self._hook_config(app)
 
-    def _refuse_jwt(self, authorization: str) -> Response | None:
-        # GitHub finds the App by `iss` before it checks the signature.
-        if _claimed_issuer(authorization) not in (None, str(self._app_id)):
-            return _error(404, "Integration not found")
-        if not self._auth.jwt_is_valid(authorization):
-            return _error(401, "A JSON web token could not be decoded")
-        return None
-
-    def _app_json(self, app: RegisteredApp, web: str) -> dict[str, Any]:
+    def _app_json(self, app: SimApp, web: str) -> dict[str, Any]:
         return {
-            "id": self._app_id,
+            "id": app.id,
             "slug": app.slug,
-            "node_id": f"A_kwDO{self._app_id:08d}",
-            "client_id": f"Iv1.{self._app_id:016x}",
+            "node_id": f"A_kwDO{app.id:08d}",
+            "client_id": f"Iv1.{app.id:016x}",
             "owner": _account(app.owner, app.owner_type, web),
             "name": app.name,
             "description": "Gates GitHub Actions deployments on a Stacksona human-in-the-loop decision.",
@@ -102,7 +76,7 @@ class AppInfo:
             "installations_count": len(app.installations),
         }
 
-    def _installations_page(self, app: RegisteredApp, web: str, request: Request) -> Response:
+    def _installations_page(self, app: SimApp, web: str, request: Request) -> Response:
         per_page = _bounded_int(request.args.get("per_page"), default=30, low=1, high=100)
         page = _bounded_int(request.args.get("page"), default=1, low=1, high=10**6)
         rows = [self._installation_json(app, i, web) for i in app.installations]
@@ -115,7 +89,7 @@ class AppInfo:
             )
         return json_response(200, rows[(page - 1) * per_page : page * per_page], headers)
 
-    def _installation_json(self, app: RegisteredApp, installation: SimInstallation, web: str) -> dict[str, Any]:
+    def _installation_json(self, app: SimApp, installation: SimInstallation, web: str) -> dict[str, Any]:
         api = f"{web}/api/v3" if self._ghes else "https://api.github.com"
         settings = (
             "settings" if installation.account_type == "User" else f"organizations/{installation.account}/settings"
@@ -127,7 +101,7 @@ class AppInfo:
             "access_tokens_url": f"{api}/app/installations/{installation.id}/access_tokens",
             "repositories_url": f"{api}/installation/repositories",
             "html_url": f"{web}/{settings}/installations/{installation.id}",
-            "app_id": self._app_id,
+            "app_id": app.id,
             "app_slug": app.slug,
             "target_id": 9000 + installation.id,
             "target_type": installation.account_type,
@@ -140,24 +114,11 @@ class AppInfo:
             "suspended_at": _TIMESTAMP if installation.suspended else None,
         }
 
-    def _hook_config(self, app: RegisteredApp) -> Response:
+    def _hook_config(self, app: SimApp) -> Response:
         if app.webhook_url is None:
             return _error(404, "Not Found", "https://docs.github.com/rest/apps/webhooks")
         body = {"content_type": "json", "insecure_ssl": app.insecure_ssl, "secret": "********", "url": app.webhook_url}
         return json_response(200, body)
-
-
-def _claimed_issuer(authorization: str) -> str | None:
-    """The JWT's `iss`, unverified (the App it names is looked up first), or None when there is none to read."""
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    try:
-        claims = jwt.decode(token.strip(), options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return None
-    issuer = claims.get("iss")
-    return None if issuer is None else str(issuer)
 
 
 def _account(login: str, kind: str, web: str) -> dict[str, Any]:

@@ -71,7 +71,7 @@ class _Repository:
     owner: str
     name: str
     private: bool
-    installation_id: int | None
+    installation_ids: set[int]  # installations of Apps in the registry that cover the repository
     other_apps: dict[int, RuleApp] = field(default_factory=dict)
     environments: dict[str, _Environment] = field(default_factory=dict)  # lower-cased name -> environment
 
@@ -105,9 +105,9 @@ def _page(items: Sequence[Any], request: Request) -> Sequence[Any]:
 class RepositoryBook:
     """What GitHub knows about repositories for `enable`: environments, rules, who administers what."""
 
-    def __init__(self, auth: AppAuth, app: Callable[[], RuleApp], base_url: Callable[[], str]) -> None:
+    def __init__(self, auth: AppAuth, app_of: Callable[[int], RuleApp | None], base_url: Callable[[], str]) -> None:
         self._auth = auth
-        self._app = app
+        self._app_of = app_of  # the App an installation belongs to
         self._base_url = base_url
         self._lock = threading.Lock()
         self._repos: dict[str, _Repository] = {}
@@ -127,10 +127,22 @@ class RepositoryBook:
         """A repository; `installation_id=None`: the App is not installed on it."""
         owner, _, name = full_name.partition("/")
         with self._lock:
-            repo = _Repository(next(self._ids), owner, name, private, installation_id)
+            installations = set() if installation_id is None else {installation_id}
+            repo = _Repository(next(self._ids), owner, name, private, installations)
             self._repos[full_name.lower()] = repo
             for environment in environments:
                 self._create_environment(repo, environment)
+
+    def install(self, account: str, installation_id: int) -> None:
+        """An App was installed on `account` for all repositories: each of them is covered by the installation."""
+        with self._lock:
+            for repo in self._repos.values():
+                if repo.owner.lower() == account.lower():
+                    repo.installation_ids.add(installation_id)
+
+    def repository_id(self, full_name: str) -> int:
+        with self._lock:
+            return self._repos[full_name.lower()].id
 
     def grant(self, token: str, full_name: str, role: str) -> None:
         """The user behind `token` gets `role` (read … admin) on the repository."""
@@ -236,7 +248,7 @@ class RepositoryBook:
         mine = [
             self._repo_json(r, caller, "read")
             for r in self._repos.values()
-            if r.installation_id == caller.installation_id
+            if caller.installation_id in r.installation_ids
         ]
         page = list(_page(mine, request))
         return json_response(200, {"total_count": len(mine), "repository_selection": "all", "repositories": page})
@@ -260,7 +272,7 @@ class RepositoryBook:
             role = self._grants[caller.token].get(repo.full_name.lower())
             if role is not None:
                 return role
-        elif caller.kind == "installation" and caller.installation_id == repo.installation_id:
+        elif caller.kind == "installation" and caller.installation_id in repo.installation_ids:
             return "read"
         return None if repo.private else "read"
 
@@ -272,8 +284,8 @@ class RepositoryBook:
         return _error(403, "Must have admin rights to Repository.")
 
     def _available(self, repo: _Repository) -> list[RuleApp]:
-        ours = [self._app()] if repo.installation_id is not None else []
-        return ours + list(repo.other_apps.values())
+        installed = {app.id: app for i in sorted(repo.installation_ids) if (app := self._app_of(i)) is not None}
+        return list(installed.values()) + [app for app in repo.other_apps.values() if app.id not in installed]
 
     def _create_environment(self, repo: _Repository, name: str) -> _Environment:
         environment = _Environment(next(self._ids), name, _now())

@@ -6,8 +6,9 @@ a page POSTs a `manifest` (JSON) to the new-App form of a user or an organisatio
 App's name ("Create GitHub App"), then redirects to the manifest's `redirect_url` with
 `?code=…&state=…`; the code is exchanged once, within an hour and without
 authentication, at `POST /app-manifests/{code}/conversions` (REST operation
-apps/create-from-manifest: 201, 404, 422). The new App then exists: its private key
-signs JWTs the simulator's token endpoint accepts.
+apps/create-from-manifest: 201, 404, 422). The new App then exists in the simulator's
+App registry (github_apps): its private key signs JWTs every App route accepts, and its
+webhook URL and secret are where and how its deliveries go.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from werkzeug.routing import Rule
 from werkzeug.wrappers import Request, Response
 
 from app.simulators._server import json_response
-from app.simulators.github_auth import AppAuth
+from app.simulators.github_apps import AppRegistry, SimApp, load_public_key
 from app.simulators.github_manifest_checks import manifest_problems
 
 MANIFEST_ENDPOINTS = frozenset({"manifest_form", "manifest_create", "manifest_conversion"})
@@ -58,7 +59,7 @@ def slug_of(name: str) -> str:
 
 @dataclass(frozen=True)
 class RegisteredApp:
-    """An App created through the manifest flow; its secrets stay out of the repr."""
+    """What the manifest flow handed out for one App (the App itself is in the registry); secrets stay out of reprs."""
 
     id: int
     name: str
@@ -71,7 +72,6 @@ class RegisteredApp:
     private_pem: str = field(repr=False)
     webhook_secret: str | None = field(repr=False)
     client_secret: str = field(repr=False)
-    auth: AppAuth = field(repr=False, compare=False)
 
     def conversion_body(self) -> dict[str, Any]:
         """The 201 body of apps/create-from-manifest: the App ("integration") plus its secrets."""
@@ -121,12 +121,14 @@ class ManifestRegistrar:
     def __init__(
         self,
         *,
+        apps: AppRegistry,
         web_url: Callable[[], str],
         ghes: bool,
         user_login: str = "octocat",
         first_app_id: int = 900_001,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._registry = apps
         self._web_url = web_url
         self._ghes = ghes
         self.user_login = user_login
@@ -146,10 +148,6 @@ class ManifestRegistrar:
         """Every code handed out so far is past its hour."""
         with self._lock:
             self._codes = {code: (app_id, -1.0) for code, (app_id, _) in self._codes.items()}
-
-    def jwt_is_valid(self, authorization: str) -> bool:
-        """A JWT signed with the private key of an App this flow created."""
-        return any(app.auth.jwt_is_valid(authorization) for app in self.apps)
 
     def handle(self, endpoint: str, request: Request, args: Mapping[str, Any], refusal: Response | None) -> Response:
         """`refusal`: the REST API's answer to an unsupported API version (web pages have none)."""
@@ -204,7 +202,8 @@ class ManifestRegistrar:
             return "Name can't be blank"
         if len(name) > MAX_NAME_LENGTH:
             return f"Name is too long (maximum is {MAX_NAME_LENGTH} characters)"
-        # App names (and so slugs) are unique across the whole GitHub instance.
+        # App names (and so slugs) are unique across the whole GitHub instance; the App a simulator
+        # is built with stands for one registered elsewhere and does not reserve its name.
         if any(app.slug == slug_of(name) for app in self.apps) or not slug_of(name):
             return "Name is already in use"
         return None
@@ -228,11 +227,11 @@ class ManifestRegistrar:
                 private_pem=private_pem,
                 webhook_secret=None if hook is None else secrets.token_hex(20),
                 client_secret=secrets.token_hex(20),
-                auth=AppAuth(app_id, public_pem),
             )
             code = secrets.token_hex(20)
             self._apps[app_id] = app
             self._codes[code] = (app_id, self._clock() + CODE_LIFETIME_SECONDS)
+        self._registry.add(_registry_entry(app, public_pem, web))
         return app, code
 
     def _owner(self, web: str, org: str | None) -> dict[str, Any]:
@@ -263,6 +262,26 @@ class ManifestRegistrar:
             '<button id="create" type="submit">Create GitHub App</button></form>'
         )
         return _page(200 if error is None else 422, "Create GitHub App", body)
+
+
+def _registry_entry(app: RegisteredApp, public_pem: bytes, web: str) -> SimApp:
+    """The App as every other route sees it: what its manifest asked for, where its webhooks go."""
+    hook = app.manifest.get("hook_attributes") or {}
+    return SimApp(
+        app.id,
+        load_public_key(public_pem),
+        slug=app.slug,
+        name=app.name,
+        owner=app.owner["login"],
+        owner_type=app.owner["type"],
+        public=app.manifest.get("public") is True,
+        permissions=dict(app.manifest.get("default_permissions", {})),
+        events=list(app.manifest.get("default_events", [])),
+        webhook_url=hook.get("url"),
+        webhook_active=hook.get("active", True) is not False,
+        webhook_secret=app.webhook_secret,
+        web_url=web,
+    )
 
 
 def _invalid_manifest(problems: list[str]) -> Response:

@@ -75,6 +75,7 @@ class StacksonaSimulator(SimulatorBase):
         callback_url: str | None = None,
         signed_tokens: bool = True,
         idempotent_creates: bool = True,
+        port: int = 0,
     ) -> None:
         self.callback_url = callback_url
         self.paused = False
@@ -97,7 +98,7 @@ class StacksonaSimulator(SimulatorBase):
         self._validations: list[tuple[str, str, bool]] = []
         self._events: list[tuple[str, dict[str, Any]]] = []
         self._callback_errors: list[str] = []
-        super().__init__(_url_map())
+        super().__init__(_url_map(), port)
 
     @property
     def url(self) -> str:
@@ -145,6 +146,12 @@ class StacksonaSimulator(SimulatorBase):
         """Every thread opened for the task, oldest first (more than one only without idempotency)."""
         with self._lock:
             return list(self._task_threads.get(task_id, []))
+
+    def view(self, thread_id: str) -> dict[str, Any] | None:
+        """What a poll answers about the thread now (None: unknown)."""
+        with self._lock:
+            thread = self._threads.get(thread_id)
+            return None if thread is None else thread_view(thread)
 
     def pending_threads(self) -> list[str]:
         with self._lock:
