@@ -1,4 +1,4 @@
-"""The `stacksona-gate` command: serve, web, worker, gates, demo."""
+"""The `stacksona-gate` command: serve, web, worker, gates, demo, and the operator commands."""
 
 from __future__ import annotations
 
@@ -9,17 +9,20 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from sqlalchemy import Engine
 
 from app import __version__
 from app.core.gate import OPEN_STATES
 from app.gates_report import gate_detail, gate_table
 from app.runtime import build_runtime, configure_logging, open_database
-from app.settings import Settings, SettingsError, database_url, load_settings, merged_environment
+from app.settings import Settings, SettingsError, database_url, load_settings, log_format, merged_environment
 from app.store import Store
+from app.telemetry.metrics import metrics_directory
 
 log = logging.getLogger("app.cli")
 
@@ -29,8 +32,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except SettingsError as exc:
-        print(f"stacksona-gate: configuration error: {exc}", file=sys.stderr)
+        _say_configuration_error(exc)
         return 2
+
+
+def _say_configuration_error(error: SettingsError) -> None:
+    """One line on stderr; a JSON log line when LOG_FORMAT=json, so a log collector keeps it."""
+    try:
+        json_lines = log_format(merged_environment(os.environ, Path(".env"))) == "json"
+    except SettingsError:
+        json_lines = False
+    if not json_lines:
+        print(f"stacksona-gate: configuration error: {error}", file=sys.stderr)
+        return
+    configure_logging("ERROR", "json")
+    log.error("configuration error: %s", error)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,12 +95,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     enable.add_argument("--all-repos", action="store_true", help="every repository the App is installed on")
     enable.set_defaults(handler=_enable)
+    retry = sub.add_parser("retry", help="make an open gate due now (recorded in its history)")
+    retry.add_argument("gate_id", type=int)
+    retry.set_defaults(handler=_retry)
+    close = sub.add_parser("close", help="reject an open gate: the rejection and reason are sent to GitHub")
+    close.add_argument("gate_id", type=int)
+    close.add_argument("--reason", required=True, help="why, one line (sent to GitHub and recorded)")
+    close.set_defaults(handler=_close)
+    prune = sub.add_parser("prune", help="delete closed gates with their history and deliveries")
+    prune.add_argument("--older-than", required=True, metavar="AGE", help="closed longer ago than this (min 8d)")
+    prune.set_defaults(handler=_prune)
     return parser
 
 
 def _load() -> Settings:
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     for notice in settings.notices:  # e.g. a deprecated setting in use: said once, at start
         log.warning("%s", notice)
     return settings
@@ -109,7 +135,8 @@ def _run_gunicorn(settings: Settings, *, with_worker: bool, processes: int) -> i
     )
     server = GateServer(settings, with_worker=with_worker, processes=processes, threads=REQUEST_THREADS)
     _check_from_first_gunicorn_worker(server, settings)
-    server.run()
+    with metrics_directory():  # before gunicorn forks: every process counts into it
+        server.run()
     return 0
 
 
@@ -131,6 +158,13 @@ def _check_from_first_gunicorn_worker(server: Any, settings: Settings) -> None:
 
 def _worker(_args: argparse.Namespace) -> int:
     settings = _load()
+    with metrics_directory():
+        return _run_worker(settings)
+
+
+def _run_worker(settings: Settings) -> int:
+    from app.worker.health import start_health_server
+
     runtime = build_runtime(settings, engine=open_database(settings.database_url))
     _start_startup_checks(settings)
     stop = threading.Event()
@@ -140,9 +174,14 @@ def _worker(_args: argparse.Namespace) -> int:
         runtime_worker.wakeup.set()
 
     runtime_worker = runtime.worker()
+    health = start_health_server(
+        settings.host, settings.worker_health_port, runtime_worker.heartbeat, runtime.services.metrics
+    )
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
     runtime_worker.run(stop)
+    if health is not None:
+        health.close()
     runtime.close()
     return 0
 
@@ -159,7 +198,7 @@ def _check(_args: argparse.Namespace) -> int:
 
     settings = load_settings()
     # Only the check lines on stdout; the libraries' INFO lines would drown them.
-    configure_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING")
+    configure_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING", settings.log_format)
     lines = run_check(settings)
     for line in lines:
         print(line, flush=True)
@@ -228,3 +267,53 @@ def _enable(args: argparse.Namespace) -> int:
         print(f"stacksona-gate enable: {exc}", file=sys.stderr)
         return 1
     return 1 if failed else 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from app.operator.commands import retry_gate
+
+    return _run_operator("retry", lambda engine: retry_gate(Store.open(engine, time.time), args.gate_id))
+
+
+def _close(args: argparse.Namespace) -> int:
+    from app.core.operator import read_reason
+    from app.operator.commands import close_gate
+
+    try:
+        reason = read_reason(args.reason)
+    except ValueError as exc:
+        print(f"stacksona-gate close: {exc}", file=sys.stderr)
+        return 2
+    return _run_operator("close", lambda engine: close_gate(Store.open(engine, time.time), args.gate_id, reason))
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from app.core.operator import read_prune_age
+    from app.operator.commands import prune_gates
+    from app.store.maintenance import Maintenance
+
+    try:
+        age = read_prune_age(args.older_than)
+    except ValueError as exc:
+        print(f"stacksona-gate prune: {exc}", file=sys.stderr)
+        return 2
+    return _run_operator("prune", lambda engine: prune_gates(Maintenance(engine, time.time), age, clock=time.time))
+
+
+def _run_operator(command: str, run: Callable[[Engine], list[str]]) -> int:
+    """On the App's database (DATABASE_URL, from .env too) as `gates` reads it; never creates one."""
+    from app.operator.commands import OperatorError
+
+    env = merged_environment(os.environ, Path(".env"))
+    configure_logging("WARNING", log_format(env))  # the result lines only, on stdout
+    engine = open_database(database_url(env), create=False)
+    try:
+        lines = run(engine)
+    except OperatorError as exc:
+        print(f"stacksona-gate {command}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    for line in lines:
+        print(line)
+    return 0

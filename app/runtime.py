@@ -17,6 +17,7 @@ from app.clients.stacksona import StacksonaClient
 from app.settings import Settings, SettingsError
 from app.store import Store
 from app.store.engine import make_engine, migrate
+from app.telemetry import logs
 from app.worker.loop import Worker
 from app.worker.services import Services
 
@@ -60,8 +61,9 @@ def build_services(settings: Settings, *, clock: Callable[[], float], rand: Call
     )
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Every line on stderr in one format (LOG_FORMAT), gunicorn's and Alembic's included (they propagate to it)."""
+    logs.configure(level, log_format)
     # httpx logs every request at INFO; our own lines already say what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+import signal
 import threading
 import time
+from types import FrameType
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.config import Config
 from gunicorn.glogging import Logger
+from sqlalchemy import Engine
 
 from app.http.routes import create_app
-from app.runtime import build_runtime
+from app.runtime import Runtime, build_runtime
 from app.settings import Settings
 from app.store import Store
 from app.store.engine import make_engine
-from app.worker.loop import Worker
+from app.telemetry.metrics import forget_process
+from app.worker.loop import STOP_BUDGET_SECONDS, Worker
 
-GRACEFUL_SECONDS = 30
+# SIGTERM to exit within 20 s (Kubernetes kills at 30 s): requests answer within
+# GitHub's 10 s, the in-process worker's steps get STOP_BUDGET_SECONDS, then gunicorn kills.
+GRACEFUL_SECONDS = 15
+log = logging.getLogger(__name__)
 # The path only: Stacksona callbacks may carry `?token=`, which must not be logged.
 ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss'
 # GitHub gives up on a delivery after 10 s and then never sees our answer: a
@@ -32,7 +41,19 @@ PROBE_THREADS = 2
 
 
 class AccessLogger(Logger):  # type: ignore[misc]
-    """gunicorn's logger, with the request path escaped: `%0A` in a URL must not start a forged log line."""
+    """gunicorn's logger, writing through the App's handler (LOG_FORMAT), the request path escaped.
+
+    Its error and access lines propagate to the root handler instead of
+    gunicorn's own (three formats, access lines on stdout without a time).
+    A `%0A` in a URL must still not start a forged line in text mode.
+    """
+
+    def setup(self, cfg: Config) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            for handler in [h for h in logger.handlers if getattr(h, "_gunicorn", False)]:
+                logger.removeHandler(handler)
+            logger.propagate = True
 
     def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
         atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
@@ -55,6 +76,9 @@ class GateServer(BaseApplication):  # type: ignore[misc]
         self._database_queue = max(0, threads - PROBE_THREADS - self._database_slots)
         self._stop = threading.Event()
         self._gate_worker: tuple[Worker, threading.Thread] | None = None
+        # Built after fork, in each gunicorn process, and closed when it exits.
+        self._engine: Engine | None = None
+        self._runtime: Runtime | None = None
         self._options: dict[str, Any] = {
             "bind": f"{settings.host}:{settings.port}",
             "workers": processes,
@@ -67,7 +91,9 @@ class GateServer(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             "logger_class": AccessLogger,
             "loglevel": settings.log_level.lower(),
-            "worker_exit": self._stop_gate_worker,
+            "post_worker_init": self._stop_on_sigterm,
+            "worker_exit": self._exit_process,
+            "child_exit": lambda _arbiter, process: forget_process(process.pid),
         }
         super().__init__()
 
@@ -82,12 +108,14 @@ class GateServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Flask:
         # Its own engine: web requests wait less for the database than the worker does.
         engine = make_engine(self._settings.database_url, lock_timeout_seconds=WEB_LOCK_TIMEOUT_SECONDS)
+        self._engine = engine
         store = Store.open(engine, time.time)
         if not self._with_worker:
             return create_app(
                 self._settings, store, database_slots=self._database_slots, database_queue=self._database_queue
             )
-        worker = build_runtime(self._settings).worker()
+        self._runtime = build_runtime(self._settings)
+        worker = self._runtime.worker()
         thread = threading.Thread(target=worker.run, args=(self._stop,), name="gate-worker", daemon=True)
         thread.start()
         self._gate_worker = (worker, thread)
@@ -99,10 +127,34 @@ class GateServer(BaseApplication):  # type: ignore[misc]
             on_new_work=worker.wakeup.set,
         )
 
-    def _stop_gate_worker(self, _server: object, _process: object) -> None:
-        """Let the in-process worker finish its current steps (bounded by gunicorn's graceful timeout)."""
+    def _stop_on_sigterm(self, _process: object) -> None:
+        """At SIGTERM the in-process worker stops claiming while gunicorn answers the requests in flight.
+
+        Also in `web`: its "stopping" line tells when a process got the signal.
+        """
+        gunicorn_handler = signal.getsignal(signal.SIGTERM)
+
+        def stop_then_gunicorn(signum: int, frame: FrameType | None) -> None:
+            log.info("stopping: no new work; finishing what is in flight (at most %ss)", GRACEFUL_SECONDS)
+            self._stop_gate_worker()
+            if callable(gunicorn_handler):
+                gunicorn_handler(signum, frame)
+
+        signal.signal(signal.SIGTERM, stop_then_gunicorn)
+        signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn set it: requests' system calls go on
+
+    def _stop_gate_worker(self) -> None:
         self._stop.set()
         if self._gate_worker is not None:
-            worker, thread = self._gate_worker
-            worker.wakeup.set()
-            thread.join(timeout=GRACEFUL_SECONDS - 5)
+            self._gate_worker[0].wakeup.set()
+
+    def _exit_process(self, _server: object, _process: object) -> None:
+        """Wait for the in-process worker (its steps finish or are released), then close what this process built."""
+        self._stop_gate_worker()
+        if self._gate_worker is not None:
+            self._gate_worker[1].join(timeout=STOP_BUDGET_SECONDS + 3)
+        if self._runtime is not None:
+            self._runtime.close()
+        if self._engine is not None:
+            self._engine.dispose()
+        log.debug("process closed its database engines and clients")

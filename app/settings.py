@@ -62,12 +62,14 @@ class Settings:
     database_url: str = field(default="sqlite:///stacksona-gate.db", repr=False)
     port: int = 8000
     host: str = "0.0.0.0"  # noqa: S104 - containers must listen beyond loopback
+    worker_health_port: int = 9102
     gate_deadline_seconds: float = 7 * 86400.0
     poll_max_interval_seconds: float = 300.0
     worker_concurrency: int = 4
     worker_lease_seconds: float = DEFAULT_WORKER_LEASE_SECONDS
     max_webhook_bytes: int = 1024 * 1024
     log_level: str = "INFO"
+    log_format: str = "text"
     web_concurrency: int = 2
     # None: never ask GitHub to redeliver failed deliveries.
     redelivery_interval_seconds: float | None = 300.0
@@ -141,12 +143,14 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         database_url=database_url(env),
         port=_positive_int(env, "PORT", 8000, maximum=65535),
         host=env.get("HOST", "").strip() or "0.0.0.0",  # noqa: S104
+        worker_health_port=_positive_int(env, "WORKER_HEALTH_PORT", 9102, maximum=65535),
         gate_deadline_seconds=_duration(env, "GATE_DEADLINE", 7 * 86400.0, maximum=MAX_GATE_DEADLINE_SECONDS),
         poll_max_interval_seconds=_duration(env, "STACKSONA_POLL_MAX_INTERVAL", 300.0),
         worker_concurrency=_positive_int(env, "WORKER_CONCURRENCY", 4),
         worker_lease_seconds=_worker_lease(env),
         max_webhook_bytes=_positive_int(env, "MAX_WEBHOOK_BYTES", 1024 * 1024),
         log_level=_log_level(env),
+        log_format=log_format(env),
         web_concurrency=_positive_int(env, "WEB_CONCURRENCY", 2),
         redelivery_interval_seconds=_optional_duration(env, "GITHUB_REDELIVERY_INTERVAL", 300.0),
     )
@@ -289,6 +293,14 @@ def _log_level(env: Mapping[str, str]) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError("LOG_LEVEL", f"must be DEBUG, INFO, WARNING or ERROR (got {level!r})")
     return level
+
+
+def log_format(env: Mapping[str, str]) -> str:
+    """LOG_FORMAT: `text` (the default) or `json`; read alone too, to say a configuration error in that format."""
+    value = env.get("LOG_FORMAT", "").strip().lower() or "text"
+    if value not in ("text", "json"):
+        raise SettingsError("LOG_FORMAT", f"must be text or json (got {value!r})")
+    return value
 
 
 def _private_key(env: Mapping[str, str]) -> Secret:

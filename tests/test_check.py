@@ -590,6 +590,7 @@ def test_the_worker_logs_a_failed_check_at_error_without_waiting_for_it(
     stacksona: StacksonaSimulator,
 ) -> None:
     monkeypatch.setenv("STACKSONA_API_KEY", "sg_wrong")
+    monkeypatch.setenv("WORKER_HEALTH_PORT", str(free_port()))  # never one another run holds
     monkeypatch.setattr("signal.signal", lambda *_args: None)
     started: list[threading.Thread] = []
     real_start = check.start_startup_checks

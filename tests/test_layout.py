@@ -12,12 +12,13 @@ APP = Path(__file__).resolve().parent.parent / "app"
 # Which parts of the package each layer may import (besides itself).
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
-    "store": {"core"},
-    "clients": {"core"},
-    "http": {"core", "store", "settings"},
-    "worker": {"core", "store", "clients", "settings"},
+    "store": {"core", "telemetry"},
+    "clients": {"core", "telemetry"},
+    "http": {"core", "store", "settings", "telemetry"},
+    "worker": {"core", "store", "clients", "settings", "telemetry"},
     "settings": {"core"},
     "simulators": {"core", "http.signature"},
+    "telemetry": {"core"},
 }
 # No I/O library in the pure core.
 IO_LIBRARIES = {"httpx", "sqlalchemy", "alembic", "flask", "werkzeug", "githubkit", "gunicorn", "socket", "psycopg"}

@@ -23,15 +23,17 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX sig
 
 
 class Served:
-    def __init__(self, deployment: Deployment, process: subprocess.Popen[bytes], base_url: str) -> None:
-        self.d, self.process, self.base_url = deployment, process, base_url
+    def __init__(
+        self, deployment: Deployment, process: subprocess.Popen[bytes], base_url: str, log_format: str = "text"
+    ) -> None:
+        self.d, self.process, self.base_url, self.log_format = deployment, process, base_url, log_format
 
     def log(self) -> str:
         return (self.d.tmp_path / "serve.log").read_text()
 
 
 @pytest.fixture
-def served(tmp_path: Path, private_pem: str, public_pem: bytes) -> Iterator[Served]:
+def served(request: pytest.FixtureRequest, tmp_path: Path, private_pem: str, public_pem: bytes) -> Iterator[Served]:
     with (
         GitHubSimulator(app_id=APP_ID, public_key_pem=public_pem) as github,
         StacksonaSimulator(api_key=API_KEY) as stacksona,
@@ -39,8 +41,9 @@ def served(tmp_path: Path, private_pem: str, public_pem: bytes) -> Iterator[Serv
         d = Deployment(tmp_path, private_pem, github, stacksona)
         port = free_port()
         env = d.env | {"PORT": str(port), "HOST": "127.0.0.1", "MAX_WEBHOOK_BYTES": "65536"}
+        env["LOG_FORMAT"] = getattr(request, "param", "text")
         process = spawn_app("serve", env, tmp_path, tmp_path / "serve.log")
-        served = Served(d, process, f"http://127.0.0.1:{port}")
+        served = Served(d, process, f"http://127.0.0.1:{port}", env["LOG_FORMAT"])
         stacksona.callback_url = served.base_url + "/webhooks/stacksona"
         try:
             wait_for(lambda: _healthy(served.base_url))
@@ -58,6 +61,7 @@ def _healthy(base_url: str) -> bool | None:
         return None
 
 
+@pytest.mark.parametrize("served", ["text", "json"], indirect=True)
 def test_serve_gates_deployments_and_stops_on_sigterm(served: Served) -> None:
     d, webhook_url = served.d, served.base_url + "/webhooks/github"
     d.stacksona.script("api", "allow")
@@ -75,9 +79,11 @@ def test_serve_gates_deployments_and_stops_on_sigterm(served: Served) -> None:
     assert httpx.get(served.base_url + "/readyz").status_code == 200
     assert 'stacksona_gate_gates{state="approved"} 2' in httpx.get(served.base_url + "/metrics").text
     served.process.send_signal(signal.SIGTERM)
-    assert served.process.wait(timeout=30) == 0, served.log()
+    assert served.process.wait(timeout=20) == 0, served.log()
     assert re.search(r"worker \S+ stopped", served.log()), "the in-process worker must stop, not be cut off"
     assert WEBHOOK_SECRET not in served.log() and API_KEY not in served.log()
+    if served.log_format == "json":  # every line, gunicorn's included
+        assert all(json.loads(line)["message"] for line in served.log().splitlines())
 
 
 def test_a_large_chunked_delivery_is_413_not_401(served: Served) -> None:

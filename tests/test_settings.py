@@ -186,7 +186,7 @@ def test_the_deprecation_is_logged_once_at_start(
 
     for name, value in (base_env | {"STACKSONA_ENVIRONMENTS": '{"production": {"risk_level": "high"}}'}).items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(cli, "configure_logging", lambda level: None)
+    monkeypatch.setattr(cli, "configure_logging", lambda *_args: None)
     monkeypatch.chdir(tmp_path)  # no .env here
     with caplog.at_level(logging.WARNING, logger="app.cli"):
         cli._load()

@@ -21,6 +21,8 @@ from app.http.routes import create_app
 from app.http.signature import sign
 from app.store import Store
 from app.store.engine import make_engine, migrate
+from app.telemetry.logs import JsonFormatter, TextFormatter
+from app.telemetry.metrics import Metrics
 from tests.support.payloads import API, deployment_payload
 from tests.world import WEBHOOK_SECRET, make_settings
 
@@ -237,24 +239,51 @@ def test_stacksona_callback_token(store: Store, private_pem: str) -> None:
     assert client.post("/webhooks/stacksona", json=body, headers=bearer).status_code == 202
 
 
-def test_probes_and_metrics(client: FlaskClient) -> None:
+def test_probes_and_metrics(store: Store, private_pem: str) -> None:
+    settings = make_settings(API, "https://gate.example", private_pem, "sqlite://")
+    client = create_app(settings, store, metrics=Metrics()).test_client()  # counts of this app only
     post_github(client, deployment_payload())
     assert client.get("/healthz").json == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert 'stacksona_gate_gates{state="new"} 1' in metrics
-    assert 'stacksona_gate_webhooks_total{outcome="created"} 1' in metrics
+    assert 'stacksona_gate_gates{state="new"} 1.0\n' in metrics
+    assert 'stacksona_gate_webhooks_total{outcome="created"} 1.0\n' in metrics
 
 
-def test_errors_never_echo_secrets(store: Store, private_pem: str) -> None:
+def test_errors_never_echo_secrets(store: Store, private_pem: str, caplog: pytest.LogCaptureFixture) -> None:
     client = client_for(store, private_pem, stacksona_webhook_token=Secret("cb-token"))
     responses = [
         post_github(client, deployment_payload(), signature="sha256=00"),
         client.post("/webhooks/stacksona?token=nope", json={"thread_id": "x"}),
+        client.post("/webhooks/stacksona?token=cb-token", json={"thread_id": "x"}),
     ]
     for response in responses:
         text = response.get_data(as_text=True)
         assert WEBHOOK_SECRET not in text and "cb-token" not in text
+    # Nor do the log lines, in either LOG_FORMAT.
+    assert caplog.records
+    for formatter in (JsonFormatter(), TextFormatter()):
+        lines = "\n".join(formatter.format(record) for record in caplog.records)
+        assert WEBHOOK_SECRET not in lines and "cb-token" not in lines and "nope" not in lines
+
+
+@pytest.mark.parametrize(
+    ("body", "signature", "status"),
+    [
+        (deployment_payload(), "sha256=00", 401),
+        (b"not json", None, 400),
+        (deployment_payload(padding="x" * 70 * 1024), None, 413),
+    ],
+    ids=["bad-signature", "malformed", "too-large"],
+)
+def test_a_refused_delivery_is_one_warning_with_its_id_and_reason(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture, body: Any, signature: str | None, status: int
+) -> None:
+    assert post_github(client, body, delivery="d-refused", signature=signature).status_code == status
+    [line] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert line.levelno == logging.WARNING and getattr(line, "delivery_id", None) == "d-refused"
+    assert line.getMessage().startswith(f"delivery d-refused refused with {status}: ")
+    assert json.loads(JsonFormatter().format(line))["delivery_id"] == "d-refused"
 
 
 def test_settings_with_other_deadline_are_used(store: Store, private_pem: str) -> None:

@@ -11,6 +11,7 @@ asserts the exact JSON); and an `httpx.Client` opened and closed around every ca
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from app.clients.github_answers import (
 from app.core.redelivery import DELIVERIES_PER_PAGE, MAX_DELIVERY_PAGES, needs_older_page
 from app.core.review import GitHubAnswer
 from app.core.secret import Secret
+from app.telemetry.metrics import Metrics, default_metrics, expecting, is_rate_limited
 
 if TYPE_CHECKING:
     from githubkit_schemas.latest.types import ReviewCustomGatesCommentRequiredType, ReviewCustomGatesStateRequiredType
@@ -86,13 +88,14 @@ class GitHubClient:
         api_version: str,
         transport: httpx.BaseTransport | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        metrics: Metrics | None = None,
     ) -> None:
         self._api_url = api_url
         self._app_id = app_id
         # Sent on every call: GHES may only know an older REST API version than githubkit's default.
         self._version_header = {"X-GitHub-Api-Version": api_version}
         self._timeout = timeout
-        self._pool = _PooledTransport(transport or _transport_for(api_url))
+        self._pool = _PooledTransport(transport or _transport_for(api_url), metrics or default_metrics())
         self._github = self._new_github(AppAuthStrategy(app_id=app_id, private_key=private_key.reveal()))
 
     def __repr__(self) -> str:
@@ -141,7 +144,10 @@ class GitHubClient:
         """
         github = self._installation(installation_id)  # `rest` only weakly references it: keep it alive
         try:
-            response = github.rest.repos.get_content(owner=owner, repo=repo, path=path, headers=self._version_header)
+            with expecting(404):  # no policy file in the repository
+                response = github.rest.repos.get_content(
+                    owner=owner, repo=repo, path=path, headers=self._version_header
+                )
         except GitHubException as exc:
             return self._answer_from(exc), None
         answer = answer_from_success(response.raw_response)
@@ -269,13 +275,26 @@ class _PooledTransport(httpx.BaseTransport):
     thread and per `GitHub` object; every other call builds a client and closes it,
     and closing a client closes its transport. So `close()` is ignored here and the
     pool (thread-safe in httpcore) lives until `GitHubClient.close()`.
+    Every call to GitHub passes here, token mints included: here it is counted and timed.
     """
 
-    def __init__(self, inner: httpx.BaseTransport) -> None:
+    def __init__(self, inner: httpx.BaseTransport, metrics: Metrics) -> None:
         self._inner = inner
+        self._metrics = metrics
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self._inner.handle_request(request)
+        started = time.perf_counter()
+        try:
+            response = self._inner.handle_request(request)
+        except httpx.HTTPError:
+            self._metrics.call("github", started, None)
+            raise
+        status = response.status_code
+        # A refused token mint is a fault, whatever refusal the call it serves expects.
+        mint = request.url.path.endswith("/access_tokens")
+        limited = is_rate_limited(status, response.headers)
+        self._metrics.call("github", started, status, rate_limited=limited, may_expect=not mint)
+        return response
 
     def close(self) -> None:
         return None

@@ -19,6 +19,7 @@ import httpx
 from app.core.backoff import parse_retry_after
 from app.core.decision import StacksonaAnswer, StacksonaFailure
 from app.core.secret import Secret
+from app.telemetry.metrics import Metrics, default_metrics, expecting
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
@@ -47,7 +48,9 @@ class StacksonaClient:
         *,
         transport: httpx.BaseTransport | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or default_metrics()
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key.reveal()}", "User-Agent": "stacksona-gate"},
@@ -82,7 +85,8 @@ class StacksonaClient:
         Finding nothing raises like any failure (HTTP 404, or kind "empty" for an
         empty list); `app.core.decision.after_lookup` says what that means.
         """
-        return self.get_decision(thread_id=None, task_id=task_id)
+        with expecting(404):
+            return self.get_decision(thread_id=None, task_id=task_id)
 
     def validate_approval(self, task_id: str, token: Secret) -> bool:
         """True only on an explicit valid answer about this task; never validate tokens locally."""
@@ -104,7 +108,8 @@ class StacksonaClient:
         The lookup is documented, reads only, and puts nothing in front of a reviewer.
         Timeouts and network faults raise StacksonaCallFailed.
         """
-        response = self._send("GET", "/api/agent/decisions", params={"task_id": task_id})
+        with expecting(404):  # the task cannot exist: "not found" is the answer of a good key
+            response = self._send("GET", "/api/agent/decisions", params={"task_id": task_id})
         return AccessProbe(response.status_code, _json_or_none(response) is not None)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -114,13 +119,19 @@ class StacksonaClient:
         return _json_or_empty(response)
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Every call to Stacksona passes here: here it is counted and timed."""
+        started = time.perf_counter()
         try:
-            return self._http.request(method, path, **kwargs)
+            response = self._http.request(method, path, **kwargs)
         except httpx.TimeoutException:
+            self._metrics.call("stacksona", started, None)
             raise StacksonaCallFailed(StacksonaFailure("timeout", detail=f"{method} {path}")) from None
         except httpx.HTTPError as exc:
+            self._metrics.call("stacksona", started, None)
             detail = f"{method} {path}: {type(exc).__name__}"
             raise StacksonaCallFailed(StacksonaFailure("network", detail=detail)) from None
+        self._metrics.call("stacksona", started, response.status_code)
+        return response
 
 
 def parse_answer(data: object, *, task_id: str, thread_id: str | None = None) -> StacksonaAnswer:

@@ -7,7 +7,6 @@ import json
 import logging
 import traceback
 from collections.abc import Callable
-from contextlib import suppress
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -16,11 +15,12 @@ from werkzeug.exceptions import HTTPException
 
 from app.core.gate import OPEN_STATES
 from app.http.guards import DatabaseSlots, RejectedInput, clean_text
-from app.http.metrics import Metrics
 from app.http.payload import PayloadError, parse_deployment_request
 from app.http.signature import is_valid_signature
 from app.settings import Settings
 from app.store import Store
+from app.telemetry.logs import gate_context
+from app.telemetry.metrics import CONTENT_TYPE, GateCounts, GateGauges, Metrics, default_metrics
 
 log = logging.getLogger(__name__)
 JsonReply = tuple[Response, int]
@@ -46,7 +46,7 @@ def create_app(
 ) -> Flask:
     app = Flask("app")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_webhook_bytes
-    metrics = metrics or Metrics()
+    metrics = metrics or default_metrics()
     slots = DatabaseSlots(database_slots, queue=database_queue)
     _add_webhooks(app, settings, store, slots, metrics, on_new_work)
     _add_probes(app, store, slots, metrics)
@@ -62,20 +62,27 @@ def _add_webhooks(
     metrics: Metrics,
     on_new_work: Callable[[], None],
 ) -> None:
-    def answer(handler: Callable[[Settings, Store, DatabaseSlots], Answer], counter: str) -> JsonReply:
-        status, body = handler(settings, store, slots)
-        metrics.count(counter, body.get("outcome", str(status)))
+    def answer(handler: Callable[[Settings, Store, DatabaseSlots], Answer], count: Callable[[str], None]) -> JsonReply:
+        try:
+            status, body = handler(settings, store, slots)
+        except HTTPException as exc:  # e.g. Werkzeug's 413 for a Content-Length over the limit
+            count("too_large" if exc.code == 413 else str(exc.code))
+            raise
+        except Exception:
+            count("error")
+            raise
+        count(body.get("outcome", str(status)))
         if status == 202:
             on_new_work()
         return jsonify(body), status
 
     @app.post("/webhooks/github")
     def github_webhook() -> JsonReply:
-        return answer(handle_github_delivery, "stacksona_gate_webhooks_total")
+        return answer(handle_github_delivery, metrics.webhook)
 
     @app.post("/webhooks/stacksona")
     def stacksona_callback() -> JsonReply:
-        return answer(handle_stacksona_callback, "stacksona_gate_callbacks_total")
+        return answer(handle_stacksona_callback, metrics.callback)
 
 
 def _add_probes(app: Flask, store: Store, slots: DatabaseSlots, metrics: Metrics) -> None:
@@ -95,14 +102,19 @@ def _add_probes(app: Flask, store: Store, slots: DatabaseSlots, metrics: Metrics
                 return jsonify({"status": "database unreachable"}), 503
         return jsonify({"status": "ready"}), 200
 
+    def read_gates() -> GateCounts | None:
+        with slots.held(wait=False) as held:  # a scrape never queues
+            if not held:
+                return None
+            try:
+                return GateCounts(store.gates.count_by_state(), store.gates.oldest_open_age())
+            except SQLAlchemyError as exc:
+                log.warning("gate gauges not read: %s", type(exc).__name__)
+                return None
+
     @app.get("/metrics")
     def metrics_page() -> Response:
-        by_state: dict[str, int] = {}
-        with slots.held(wait=False) as held:
-            if held:
-                with suppress(SQLAlchemyError):
-                    by_state = store.gates.count_by_state()
-        return Response(metrics.render(by_state), mimetype="text/plain; version=0.0.4")
+        return Response(metrics.exposition(GateGauges(read_gates)), content_type=CONTENT_TYPE)
 
 
 def _add_error_answers(app: Flask, settings: Settings) -> None:
@@ -138,10 +150,11 @@ def _header(name: str, limit: int = _MAX_HEADER) -> str:
 def handle_github_delivery(settings: Settings, store: Store, slots: DatabaseSlots) -> Answer:
     body = _read_body(settings.max_webhook_bytes)
     if body is None:
-        return 413, {"error": f"body larger than {settings.max_webhook_bytes} bytes", "outcome": "too_large"}
+        error = f"body larger than {settings.max_webhook_bytes} bytes"
+        return _refused(413, error, "too_large", _unverified_delivery_id())
     signature = clean_text(request.headers.get("X-Hub-Signature-256", ""), limit=_MAX_HEADER)
     if not is_valid_signature(settings.github_webhook_secret.reveal(), body, signature):
-        return 401, {"error": "missing or invalid X-Hub-Signature-256", "outcome": "bad_signature"}
+        return _refused(401, "missing or invalid X-Hub-Signature-256", "bad_signature", _unverified_delivery_id())
     try:
         event, delivery_id = _header("X-GitHub-Event"), _header("X-GitHub-Delivery", MAX_DELIVERY_ID)
     except RejectedInput as exc:
@@ -165,8 +178,19 @@ def handle_github_delivery(settings: Settings, store: Store, slots: DatabaseSlot
 
 def _rejected(error: str, delivery_id: str | None) -> Answer:
     # Signed by GitHub yet unusable: a deployment waits on a gate that will never open.
-    log.warning("delivery %s rejected: %s", delivery_id or "<no id>", error)
-    return 400, {"error": error, "outcome": "bad_request"}
+    return _refused(400, error, "bad_request", delivery_id)
+
+
+def _refused(status: int, error: str, outcome: str, delivery_id: str | None) -> Answer:
+    """The one WARNING line of a refused delivery: its id and the reason, never its headers or body."""
+    context = {"delivery_id": delivery_id} if delivery_id else {}
+    log.warning("delivery %s refused with %s: %s", delivery_id or "<no usable id>", status, error, extra=context)
+    return status, {"error": error, "outcome": outcome}
+
+
+def _unverified_delivery_id() -> str | None:
+    """X-GitHub-Delivery of a request not (yet) proven to come from GitHub: for the log line only, and only if clean."""
+    return clean_text(request.headers.get("X-GitHub-Delivery", ""), limit=MAX_DELIVERY_ID)
 
 
 def _read_body(limit: int) -> bytes | None:
@@ -177,7 +201,8 @@ def _read_body(limit: int) -> bytes | None:
     signature check would then call a merely large delivery forged.
     """
     if request.content_length is not None:
-        return request.get_data(cache=False)
+        # Refused here, not by Flask's MAX_CONTENT_LENGTH, so it is answered and logged like any refusal.
+        return None if request.content_length > limit else request.get_data(cache=False)
     if not request.environ.get("wsgi.input_terminated"):
         return b""
     body: bytes = request.environ["wsgi.input"].read(limit + 1)
@@ -193,15 +218,21 @@ def _store_delivery(
         return _rejected(str(exc), delivery_id)
     # The central policy's deadline; a repository's file may still shorten it when Stacksona is asked.
     deadline = settings.gate_policy(deployment.full_name, deployment.environment).deadline_seconds
+    context: dict[str, Any] = {
+        "delivery_id": delivery_id,
+        "repository": deployment.full_name,
+        "run_id": deployment.run_id,
+        "environment": deployment.environment,
+    }
     with slots.held() as held:
         if not held:
-            log.warning("delivery %s not stored: every database slot is busy", delivery_id)
+            log.warning("delivery %s not stored: every database slot is busy", delivery_id, extra=context)
             return _BUSY
         try:
             gate_id, outcome = store.deliveries.accept(delivery_id, deployment, deadline_seconds=deadline)
         except SQLAlchemyError as exc:
             # The transaction rolled back: GitHub may redeliver, nothing was stored.
-            log.error("delivery %s not stored: %s", delivery_id, _reason(exc))
+            log.error("delivery %s not stored: %s", delivery_id, _reason(exc), extra=context)
             return 503, {"error": "cannot store the delivery right now; redeliver it", "outcome": "unavailable"}
     log.info(
         "delivery %s for %s run %s [%s]: gate %s %s",
@@ -211,6 +242,7 @@ def _store_delivery(
         deployment.environment,
         gate_id,
         outcome,
+        extra=context | {"gate_id": gate_id},
     )
     return 202, {"gate_id": gate_id, "outcome": str(outcome)}
 
@@ -225,17 +257,18 @@ def _reason(exc: SQLAlchemyError) -> str:
 
 def handle_stacksona_callback(settings: Settings, store: Store, slots: DatabaseSlots) -> Answer:
     if settings.stacksona_webhook_token and not _has_callback_token(settings.stacksona_webhook_token.reveal()):
-        return 401, {"error": "missing or wrong callback token", "outcome": "bad_token"}
+        # Stacksona's token and ours differ: worth an operator's look, unlike a malformed callback.
+        return _callback_refused(401, "missing or wrong callback token", "bad_token", logging.WARNING)
     data = _json_body()
     if not isinstance(data, dict):
-        return 400, {"error": "body must be a JSON object", "outcome": "bad_request"}
+        return _callback_refused(400, "body must be a JSON object", "bad_request")
     try:
         thread_id = _callback_id(data.get("thread_id") or data.get("id"), "thread_id", MAX_THREAD_ID)
         task_id = _callback_id(data.get("task_id"), "task_id", MAX_TASK_ID)
     except RejectedInput as exc:
-        return 400, {"error": str(exc), "outcome": "bad_request"}
+        return _callback_refused(400, str(exc), "bad_request")
     if not thread_id and not task_id:
-        return 400, {"error": "thread_id or task_id is required", "outcome": "bad_request"}
+        return _callback_refused(400, "thread_id or task_id is required", "bad_request")
     with slots.held() as held:
         if not held:
             return _BUSY
@@ -245,13 +278,25 @@ def handle_stacksona_callback(settings: Settings, store: Store, slots: DatabaseS
             log.error("callback not handled: %s", _reason(exc))
             return 503, {"error": "database unavailable", "outcome": "unavailable"}
     if gate is None:
-        return 404, {"error": "no gate for this thread", "outcome": "unknown_thread"}
+        return _callback_refused(404, "no gate for this thread", "unknown_thread", ids=(thread_id, task_id))
     # The callback is unsigned: it only makes the gate poll Stacksona now;
     # its `decision` field is never trusted.
     if gate.state not in OPEN_STATES:
-        return 200, {"gate_id": gate.id, "state": gate.state, "outcome": "already_closed"}
-    outcome = "woken" if gate.state == "awaiting_review" else "in_progress"
+        outcome = "already_closed"
+    else:
+        outcome = "woken" if gate.state == "awaiting_review" else "in_progress"
+    log.info("callback for gate %s (%s): %s", gate.id, gate.state, outcome, extra=gate_context(gate))
+    if outcome == "already_closed":
+        return 200, {"gate_id": gate.id, "state": gate.state, "outcome": outcome}
     return 202, {"gate_id": gate.id, "outcome": outcome}
+
+
+def _callback_refused(
+    status: int, error: str, outcome: str, level: int = logging.INFO, ids: tuple[str | None, str | None] = (None, None)
+) -> Answer:
+    # Unauthenticated: anyone may send malformed callbacks, so these are INFO, one line each.
+    log.log(level, "callback refused with %s: %s", status, error, extra={"thread_id": ids[0], "task_id": ids[1]})
+    return status, {"error": error, "outcome": outcome}
 
 
 def _json_body() -> object:

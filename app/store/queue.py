@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select, text, update
 
 from app.core.gate import FINAL_STATES, OPEN_STATES, Change, Gate, GateState, HistoryEntry
+from app.core.operator import Refused, due_after_step
+from app.core.operator import Rule as OperatorRule
 from app.core.review import answer_again, needs_answer_again
 from app.core.transitions import next_attempt_at
 from app.store.records import gate_from_row, history_entry, plain, reading, record_transition
@@ -54,6 +56,7 @@ class GateQueue:
                     lease_expires_at=now + lease_seconds,
                     generation=gates.c.generation + 1,
                     woken=False,
+                    retry_asked=False,
                 )
             )
             rows = conn.execute(select(gates).where(gates.c.id.in_(due)).order_by(gates.c.next_attempt_at))
@@ -68,7 +71,7 @@ class GateQueue:
         now = self._clock()
         with self._engine.begin() as conn:
             held = conn.execute(
-                select(gates.c.rereview, gates.c.woken)
+                select(gates.c.rereview, gates.c.woken, gates.c.retry_asked)
                 .where(gates.c.id == gate.id, gates.c.generation == gate.generation)
                 .where(gates.c.lease_owner == gate.lease_owner)
                 .with_for_update()
@@ -77,7 +80,7 @@ class GateQueue:
                 return None
             if needs_answer_again(rereview=held.rereview, before=gate.state, after=change.state):
                 change = answer_again(change, now=now)
-            conn.execute(update(gates).where(gates.c.id == gate.id).values(**_columns(change, now, held.woken)))
+            conn.execute(update(gates).where(gates.c.id == gate.id).values(**_columns(change, now, held)))
             if change.record or change.state != gate.state:
                 record_transition(conn, gate.id, now, gate.state, change.state, change.reason)
             return change
@@ -116,6 +119,17 @@ class GateQueue:
                     lost.append(gate.id)
         return lost
 
+    def release(self, held: Sequence[Gate]) -> None:
+        """Give up leases this worker still holds (it is stopping): the gates are due again at once.
+
+        The step's late result cannot land: `apply` and `mark` need the lease owner, gone now.
+        """
+        with self._engine.begin() as conn:
+            for gate in held:
+                ours = (gates.c.id == gate.id) & (gates.c.generation == gate.generation)
+                ours &= gates.c.lease_owner == gate.lease_owner
+                conn.execute(update(gates).where(ours).values(lease_owner=None, lease_expires_at=None))
+
     def wake(self, *, thread_id: str | None, task_id: str | None) -> Gate | None:
         """Make a gate awaiting review due now; None if no gate has this thread or task.
 
@@ -134,6 +148,25 @@ class GateQueue:
                 )
                 conn.execute(update(gates).where(awaiting).values(next_attempt_at=now, woken=True))
             return gate_from_row(row._mapping)
+
+    def change_by_operator(self, gate_id: int, rule: OperatorRule) -> Change | Refused | None:
+        """Apply an operator's rule (app/core/operator.py) to one gate, its row locked; None: no such gate.
+
+        The lock keeps a claim or a step's result from slipping in between reading
+        the gate and writing the change (PostgreSQL: claims skip the row, `apply` waits).
+        """
+        now = self._clock()
+        with self._engine.begin() as conn:
+            row = conn.execute(select(gates).where(gates.c.id == gate_id).with_for_update()).first()
+            if row is None:
+                return None
+            gate = gate_from_row(row._mapping)
+            change = rule(gate, now)
+            if isinstance(change, Change):
+                values = plain(dict(change.values)) | {"state": str(change.state), "updated_at": now}
+                conn.execute(update(gates).where(gates.c.id == gate_id).values(**values))
+                record_transition(conn, gate_id, now, gate.state, change.state, change.reason)
+            return change
 
     def get(self, gate_id: int) -> Gate | None:
         with reading(self._engine) as conn:
@@ -157,17 +190,26 @@ class GateQueue:
         with reading(self._engine) as conn:
             return {state: int(count) for state, count in conn.execute(query)}
 
+    def oldest_open_age(self) -> float:
+        """Seconds since the oldest open gate was created; 0 when none is open."""
+        query = select(func.min(gates.c.created_at)).where(gates.c.state.in_(OPEN_STATES))
+        with reading(self._engine) as conn:
+            oldest = conn.execute(query).scalar()
+        return 0.0 if oldest is None else max(0.0, self._clock() - float(oldest))
 
-def _columns(change: Change, now: float, woken: bool) -> dict[str, Any]:
+
+def _columns(change: Change, now: float, held: Any) -> dict[str, Any]:
     values = plain(dict(change.values))
     if change.state in FINAL_STATES:
         values |= {"open_key": None, "closed_at": now}
+    planned = next_attempt_at(change.values, now=now, woken=held.woken)
     return values | {
         "state": str(change.state),
         "updated_at": now,
         "lease_owner": None,
         "lease_expires_at": None,
-        "next_attempt_at": next_attempt_at(change.values, now=now, woken=woken),
+        "next_attempt_at": due_after_step(planned, now, retry_asked=held.retry_asked),
+        "retry_asked": False,
     }
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
@@ -52,6 +53,8 @@ gates = Table(
     # A Stacksona callback arrived while the gate was leased: the worker must
     # not push the next poll back to its fallback schedule.
     Column("woken", Boolean, nullable=False, default=False),
+    # An operator's `retry` arrived while the gate was leased: due as soon as the step's result is written.
+    Column("retry_asked", Boolean, nullable=False, default=False, server_default=false()),
     Column("attempts", Integer, nullable=False, default=0),
     Column("polls", Integer, nullable=False, default=0),
     Column("next_attempt_at", Float, nullable=False),

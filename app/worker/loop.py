@@ -8,13 +8,15 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from app.core.gate import Change, Gate
 from app.core.transitions import after_internal_error
 from app.store import Store
+from app.telemetry.logs import gate_context
+from app.worker.health import Heartbeat
 from app.worker.redelivery import CHORE, redeliver_lost_deliveries
 from app.worker.services import Services
 from app.worker.steps import LeaseLost, run_step, tell_stacksona
@@ -22,6 +24,10 @@ from app.worker.steps import LeaseLost, run_step, tell_stacksona
 log = logging.getLogger(__name__)
 
 IDLE_SECONDS = 0.5
+# On stop, running steps get this long to finish; the leases of those still
+# running are then released. Below the clients' 10 s read timeout, so a stuck
+# call cannot hold a shutdown past Kubernetes' grace (docs/operations.md).
+STOP_BUDGET_SECONDS = 8.0
 
 
 def worker_id() -> str:
@@ -51,43 +57,50 @@ class Worker:
         self._concurrency = services.settings.worker_concurrency
         self._lease_seconds = services.settings.worker_lease_seconds
         self._running: dict[int, Gate] = {}
+        self._busy = 0  # step threads alive, including one still telling Stacksona after its result is stored
         self._running_lock = threading.Lock()
         self.wakeup = threading.Event()
+        self.heartbeat = Heartbeat()  # each turn of the loop: what the worker's /healthz reads
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, *, stop_budget_seconds: float = STOP_BUDGET_SECONDS) -> None:
+        """Claim and run due gates until `stop`; then let running steps finish within the budget, release the rest."""
         log.info("worker %s started", self._owner)
-        # Its own stop: steps still finishing after `stop` keep their leases until the pool has drained.
+        # Its own stop: steps still finishing after `stop` keep their leases until they are done or released.
         drained = threading.Event()
-        heartbeat = threading.Thread(target=self._keep_leases, args=(drained,), name="lease-heartbeat", daemon=True)
-        heartbeat.start()
+        heartbeat = _daemon(self._keep_leases, drained, name="lease-heartbeat")
         # Chores run beside the gates, so a long one never holds gate steps back.
-        with (
-            ThreadPoolExecutor(self._concurrency, thread_name_prefix="gate") as pool,
-            ThreadPoolExecutor(1, thread_name_prefix="chore") as chores,
-        ):
-            chore: Future[None] | None = None
-            next_chore_at = 0.0
-            while not stop.is_set():
-                if (chore is None or chore.done()) and time.monotonic() >= next_chore_at:
-                    chore = chores.submit(self._recover_lost_deliveries)
-                    next_chore_at = time.monotonic() + (self._svc.settings.redelivery_interval_seconds or 3600.0)
-                if self._start_due(pool) == 0:
-                    self.wakeup.wait(self._idle_seconds)
-                    self.wakeup.clear()
+        chore: threading.Thread | None = None
+        next_chore_at = 0.0
+        while not stop.is_set():
+            self.heartbeat.beat()
+            if (chore is None or not chore.is_alive()) and time.monotonic() >= next_chore_at:
+                chore = _daemon(self._recover_lost_deliveries, name="chore")
+                next_chore_at = time.monotonic() + (self._svc.settings.redelivery_interval_seconds or 3600.0)
+            if self._start_due() == 0:
+                self.wakeup.wait(self._idle_seconds)
+                self.wakeup.clear()
+        self._let_steps_finish(stop_budget_seconds)
         drained.set()
         heartbeat.join(timeout=self._lease_seconds)
+        self._release_unfinished()
         log.info("worker %s stopped", self._owner)
 
-    def _start_due(self, pool: ThreadPoolExecutor) -> int:
-        """Claim as many due gates as there are free threads, and start them."""
-        free = self._concurrency - self.running_count()
+    def _start_due(self) -> int:
+        """Claim as many due gates as there are free threads, and start them.
+
+        Daemon threads, not a pool: the process must be able to exit while a
+        step still waits on a call (its lease is released, see `run`).
+        """
+        with self._running_lock:
+            free = self._concurrency - self._busy
         if free <= 0:
             return 0
         gates = self._claim(free)
         for gate in gates:
             with self._running_lock:
                 self._running[gate.id] = gate
-            pool.submit(self._process_and_free, gate)
+                self._busy += 1
+            _daemon(self._process_and_free, gate, name=f"gate-{gate.id}")
         return len(gates)
 
     def _process_and_free(self, gate: Gate) -> None:
@@ -95,7 +108,36 @@ class Worker:
             self.process(gate)
         finally:
             self._stop_renewing(gate)
+            with self._running_lock:
+                self._busy -= 1
             self.wakeup.set()  # a thread is free: claim the next due gate now
+
+    def _let_steps_finish(self, budget_seconds: float) -> None:
+        deadline = time.monotonic() + budget_seconds
+        while (left := deadline - time.monotonic()) > 0:
+            with self._running_lock:
+                if self._busy == 0:
+                    return
+            self.wakeup.wait(min(left, self._idle_seconds))
+            self.wakeup.clear()
+
+    def _release_unfinished(self) -> None:
+        """Hand back the gates whose step outlived the stop budget: another worker may take them at once.
+
+        Safe as a crash is: a call that cannot be repeated blind was marked
+        before it went out, and the step's late result is discarded (the lease is no longer ours).
+        """
+        with self._running_lock:
+            unfinished, self._running = list(self._running.values()), {}
+        if not unfinished:
+            return
+        try:
+            self._store.gates.release(unfinished)
+        except Exception:
+            log.warning("cannot release the leases of %d unfinished gates; they expire on their own", len(unfinished))
+            return
+        for gate in unfinished:
+            log.warning("gate %s: step unfinished at stop; lease released", gate.id, extra=gate_context(gate))
 
     def _stop_renewing(self, gate: Gate) -> None:
         """Once its result is written the gate is no longer ours; it may already be claimed again."""
@@ -122,8 +164,10 @@ class Worker:
         except Exception:
             log.warning("cannot renew the leases of %d running gates (database unavailable?)", len(running))
             return
+        by_id = {gate.id: gate for gate in running}
         for gate_id in lost:
-            log.warning("gate %s: lease lost while its step runs; its result will be discarded", gate_id)
+            context = gate_context(by_id[gate_id])
+            log.warning("gate %s: lease lost while its step runs; its result will be discarded", gate_id, extra=context)
 
     def _claim(self, limit: int) -> list[Gate]:
         try:
@@ -155,26 +199,32 @@ class Worker:
         try:
             self._step_and_store(gate)
         except Exception:
-            log.exception("gate %s: unexpected failure; its lease will expire and it reruns", gate.id)
+            log.exception(
+                "gate %s: unexpected failure; its lease will expire and it reruns", gate.id, extra=gate_context(gate)
+            )
 
     def _step_and_store(self, gate: Gate) -> None:
         try:
             change = run_step(gate, self._svc, lambda values: self._mark(gate, values))
         except LeaseLost as exc:
-            log.warning("%s; another worker carries on", exc)
+            log.warning("%s; another worker carries on", exc, extra=gate_context(gate))
             return
         except Exception as exc:
-            log.exception("gate %s: step failed unexpectedly", gate.id)
+            log.exception("gate %s: step failed unexpectedly", gate.id, extra=gate_context(gate))
             change = after_internal_error(gate, type(exc).__name__, now=self._svc.clock(), rand=self._svc.rand)
         try:
             written = self._store.gates.apply(gate, change)
         except Exception:
-            log.exception("gate %s: cannot store the step's result; its lease will expire and it reruns", gate.id)
+            log.exception(
+                "gate %s: cannot store the step's result; its lease will expire and it reruns",
+                gate.id,
+                extra=gate_context(gate),
+            )
             return
         finally:
             self._stop_renewing(gate)
         if written is None:
-            log.warning("gate %s: lease lost, result of this step discarded", gate.id)
+            log.warning("gate %s: lease lost, result of this step discarded", gate.id, extra=gate_context(gate))
             return
         self._log_change(gate, written)
         self._tell_reviewer(gate, written)
@@ -183,18 +233,27 @@ class Worker:
         try:
             problem = tell_stacksona(gate, written, self._svc)
         except Exception:
-            log.exception("gate %s: timeline event not added (its result is stored)", gate.id)
+            log.exception("gate %s: timeline event not added (its result is stored)", gate.id, extra=gate_context(gate))
             return
         if problem is not None:
-            log.warning("gate %s: timeline event not added (%s)", gate.id, problem)
+            log.warning("gate %s: timeline event not added (%s)", gate.id, problem, extra=gate_context(gate))
 
     def _mark(self, gate: Gate, values: Mapping[str, Any]) -> bool:
         return self._store.gates.mark(gate, values, lease_seconds=self._lease_seconds)
 
     def _log_change(self, gate: Gate, change: Change) -> None:
+        context = gate_context(gate)
+        if change.values.get("thread_id"):  # the thread Stacksona opened in this step
+            context["thread_id"] = change.values["thread_id"]
         if change.alert:
             log.error(
-                "gate %s %s run %s [%s]: %s", gate.id, gate.full_name, gate.run_id, gate.environment, change.alert
+                "gate %s %s run %s [%s]: %s",
+                gate.id,
+                gate.full_name,
+                gate.run_id,
+                gate.environment,
+                change.alert,
+                extra=context,
             )
         if change.state != gate.state or change.record:
             move = gate.state if change.state == gate.state else f"{gate.state} -> {change.state}"
@@ -206,4 +265,11 @@ class Worker:
                 gate.environment,
                 move,
                 change.reason,
+                extra=context,
             )
+
+
+def _daemon(target: Callable[..., None], *args: Any, name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+    thread.start()
+    return thread

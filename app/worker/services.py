@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from app.clients.github import GitHubClient
 from app.clients.stacksona import StacksonaClient
 from app.settings import Settings
+from app.telemetry.metrics import Metrics, default_metrics
 from app.worker.policy_files import PolicyFiles
 
 
@@ -23,3 +24,4 @@ class Services:
     rand: Callable[[], float]
     # Repositories' policy files read lately (per process, so a burst reads each once).
     policy_files: PolicyFiles = field(default_factory=PolicyFiles)
+    metrics: Metrics = field(default_factory=default_metrics)

@@ -27,6 +27,7 @@ from app.core.decision import (
     ValidateToken,
     Verdict,
     after_lookup,
+    classify_status,
     decide,
     decide_after_validation,
     decide_on_create_failure,
@@ -144,6 +145,7 @@ def _poll(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
 
 
 def _after_answer(gate: Gate, answer: StacksonaAnswer, svc: Services, checkpoint: Checkpoint) -> Change:
+    svc.metrics.decision(classify_status(answer.status))  # a bounded label, whatever Stacksona sent
     outcome = decide(answer, token_required=_policy_of(gate, svc).require_approval_token)
     # The thread learnt when the request was created stays the gate's thread.
     thread_id = gate.thread_id or answer.thread_id

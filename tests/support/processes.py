@@ -35,7 +35,8 @@ def app_environment(private_pem: str, github_url: str, stacksona_url: str, datab
 
 
 def spawn_app(command: str, env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
-    """`python -m app <command>` with stdout and stderr appended to `log`."""
+    """`python -m app <command>` with stdout and stderr appended to `log`; a worker's health port of its own."""
+    env = {"WORKER_HEALTH_PORT": str(free_port())} | env
     with open(log, "ab") as out:  # the child keeps its own copy
         return subprocess.Popen([sys.executable, "-m", "app", command], env=env, cwd=cwd, stdout=out, stderr=out)
 
