@@ -70,29 +70,35 @@ def configure_logging(level: str, log_format: str = "text") -> None:
 
 def open_database(url: str, *, create: bool = True) -> Engine:
     """A migrated engine, or a SettingsError naming DATABASE_URL (never its password)."""
-    shown = _redacted(url)
+    shown = redacted_url(url)
     try:
-        if not create and _missing_sqlite_file(url):
+        if not create and missing_sqlite_file(url):
             raise SettingsError("DATABASE_URL", f"no database at {shown} (run where the App runs, or set it)")
         engine = make_engine(url)
         migrate(engine)
     except SQLAlchemyError as exc:
-        reason = _first_line(exc.orig) if isinstance(exc, DBAPIError) else "not a usable database URL"
+        reason = first_line(exc.orig) if isinstance(exc, DBAPIError) else "not a usable database URL"
         raise SettingsError("DATABASE_URL", f"cannot open {shown}: {reason}") from None
     return engine
 
 
-def _first_line(error: BaseException | None) -> str:
+def first_line(error: BaseException | None) -> str:
+    """The first line of a driver's error, short enough for a one-line message."""
     lines = str(error).strip().splitlines() or [type(error).__name__]
     return lines[0][:200]
 
 
-def _missing_sqlite_file(url: str) -> bool:
-    database = make_url(url).database if url.startswith("sqlite") else None
+def missing_sqlite_file(url: str) -> bool:
+    """A SQLite URL naming a file that does not exist (opening it would create an empty database)."""
+    try:
+        database = make_url(url).database if url.startswith("sqlite") else None
+    except ArgumentError:
+        return False
     return database not in (None, "", ":memory:") and not Path(str(database)).is_file()
 
 
-def _redacted(url: str) -> str:
+def redacted_url(url: str) -> str:
+    """The database URL as it may be shown: never its password."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:

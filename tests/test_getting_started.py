@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +35,7 @@ from app.http.signature import sign
 from app.simulators._server import LoopbackServer
 from app.simulators.github import GitHubSimulator
 from app.simulators.sandbox import Sandbox, SandboxPorts
+from tests.support.browser import headless_chromium
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "getting-started.md"
 SECTION = "## Try it locally against the simulators"
@@ -55,16 +55,6 @@ KEY_LINES = (
     "Workflow run 1 of acme/shop, environment production: approved",
     "Review: approved",
     "Review: rejected",
-)
-CHROMIUM_ARGUMENTS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
 )
 
 
@@ -154,35 +144,9 @@ def test_every_command_of_the_simulator_section_is_marked() -> None:
 # --- the walk-through -----------------------------------------------------------------------------
 
 
-def _missing_browser_parts() -> list[str]:
-    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("selenium (pip install -e '.[test]')")
-    return missing
-
-
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    missing = _missing_browser_parts()
-    if missing:
-        reason = f"needs {', '.join(missing)}: apt-get install chromium chromium-driver (see .ci/run)"
-        if os.environ.get("CI"):
-            pytest.fail(f"the getting-started walk-through must run in CI, but it {reason}")
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(shutil.which("chromium"))
-    for argument in (*CHROMIUM_ARGUMENTS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(str(shutil.which("chromedriver"))), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from headless_chromium(tmp_path / "chromium-profile", purpose="the getting-started walk-through")
 
 
 class Terminals:

@@ -16,46 +16,19 @@ from app.core.gate import Change, Gate, GateState
 from app.core.policy import GatePolicy, Mode, parse_central_policy
 from app.store.maintenance import Maintenance
 from app.store.schema import deliveries, gate_history, gates
+from tests.support.gates import NOW
+from tests.support.gates import make_gate as support_gate
 from tests.world import World, running_world
 
-NOW = 1_800_000_000.0
 DAY = 86400.0
 POLICY = 'rules:\n  - environment: "preview-*"\n    mode: dry-run\n'
 
 
 def make_gate(**overrides: Any) -> Gate:
-    fields: dict[str, Any] = {
-        "id": 7,
-        "task_id": "gh-1-2-production-abc",
-        "state": GateState.AWAITING_REVIEW,
-        "repository_id": 1,
-        "owner": "acme",
-        "repo": "shop",
-        "installation_id": 9,
-        "run_id": 2,
-        "environment": "production",
-        "event": "push",
-        "ref": "main",
-        "sha": "a" * 40,
-        "actor": "octocat",
-        "pull_requests": (),
-        "deployment_id": 3,
-        "thread_id": "th-1",
-        "verdict": None,
-        "verdict_reason": None,
-        "reviewer_message": None,
-        "status_reported": True,
-        "attempts": 4,
-        "polls": 2,
-        "next_attempt_at": NOW + 600,
-        "generation": 5,
-        "deadline_at": NOW + 3600,
-        "created_at": NOW - 60,
-        "updated_at": NOW,
-        "closed_at": None,
-        "last_error": "HTTP 503",
-    }
-    return Gate(**(fields | overrides))
+    """A gate waiting for a reviewer, backing off after a failed poll."""
+    waiting = {"state": GateState.AWAITING_REVIEW, "verdict": None, "verdict_reason": None, "reviewer_message": None}
+    backing_off = {"status_reported": True, "attempts": 4, "polls": 2, "next_attempt_at": NOW + 600, "generation": 5}
+    return support_gate(**(waiting | backing_off | {"last_error": "HTTP 503"} | overrides))
 
 
 def stored_policy(mode: Mode) -> str:

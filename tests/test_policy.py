@@ -14,7 +14,7 @@ from app.core import comments, review
 from app.core.decision import Approve, AwaitReview, Reject, Retry, Verdict
 from app.core.decision_request import DRY_RUN_LINE, build_decision_request
 from app.core.dry_run import HEADLINE, final_comment, github_state, outcome_in_mode
-from app.core.gate import Gate, GateState
+from app.core.gate import GateState
 from app.core.policy import (
     Fallback,
     GatePolicy,
@@ -42,9 +42,9 @@ from app.core.repo_policy import (
     with_repository_file,
 )
 from app.core.review import GitHubAnswer, Reading
+from tests.support.gates import NOW, make_gate
 
 DAY = 86400.0
-NOW = 1_800_000_000.0
 VERSION = "2026-03-10"
 
 # The example of docs/policy.md (and of the product design), verbatim.
@@ -65,41 +65,6 @@ rules:
   - environment: "preview-*"
     mode: dry-run
 """
-
-
-def make_gate(**overrides: Any) -> Gate:
-    fields: dict[str, Any] = {
-        "id": 7,
-        "task_id": "gh-1-2-production-abc",
-        "state": GateState.REPORTING,
-        "repository_id": 1,
-        "owner": "acme",
-        "repo": "shop",
-        "installation_id": 9,
-        "run_id": 2,
-        "environment": "production",
-        "event": "push",
-        "ref": "main",
-        "sha": "a" * 40,
-        "actor": "octocat",
-        "pull_requests": (),
-        "deployment_id": 3,
-        "thread_id": "th-1",
-        "verdict": GateState.APPROVED,
-        "verdict_reason": "allowed",
-        "reviewer_message": "",
-        "status_reported": False,
-        "attempts": 0,
-        "polls": 0,
-        "next_attempt_at": NOW,
-        "generation": 1,
-        "deadline_at": NOW + 3600,
-        "created_at": NOW - 60,
-        "updated_at": NOW,
-        "closed_at": None,
-        "last_error": None,
-    }
-    return Gate(**(fields | overrides))
 
 
 def gate_policy(**overrides: Any) -> GatePolicy:

@@ -10,7 +10,6 @@ installs them); in CI (CI=true) it fails instead, so that it cannot silently sto
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,53 +25,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.settings import load_settings, read_dotenv
 from app.simulators.github import GitHubSimulator
+from tests.support.browser import headless_chromium
 from tests.support.keys import public_pem_of
 from tests.support.processes import free_port
 
 STACKSONA_ENV = {"STACKSONA_GATE_URL": "https://gate.example.stacksona.cloud", "STACKSONA_API_KEY": "sg_test_key"}
 PUBLIC_URL = "https://gate.example.com"
-# What chromium needs as root on a machine with only loopback: no sandbox, no GPU, no calls home.
-CHROMIUM_ARGUMENTS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-)
-
-
-def _missing_browser_parts() -> list[str]:
-    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("selenium (pip install -e '.[test]')")
-    return missing
 
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    missing = _missing_browser_parts()
-    if missing:
-        reason = f"needs {', '.join(missing)}: apt-get install chromium chromium-driver (see .ci/run)"
-        if os.environ.get("CI"):
-            pytest.fail(f"the browser test must run in CI, but it {reason}")
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(shutil.which("chromium"))
-    for argument in (*CHROMIUM_ARGUMENTS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(str(shutil.which("chromedriver"))), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from headless_chromium(tmp_path / "chromium-profile", purpose="the browser test")
 
 
 @pytest.fixture(params=["github.com", "ghes"])

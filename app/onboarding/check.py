@@ -20,14 +20,14 @@ from typing import Any
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from app.clients.github import GitHubClient
 from app.clients.stacksona import StacksonaCallFailed, StacksonaClient
 from app.onboarding import check_github as gh
 from app.onboarding.check_lines import DatabaseState, Line, all_passed, read_database, read_stacksona
 from app.onboarding.manifest import load_manifest
+from app.runtime import first_line, missing_sqlite_file, redacted_url
 from app.settings import Settings
 from app.store import migrations
 from app.store.engine import READ_ONLY, make_engine
@@ -116,15 +116,15 @@ def database_line(url: str) -> Line:
 
 def database_state(url: str) -> DatabaseState:
     """Reads the schema revision without creating or migrating anything."""
-    shown = _redacted(url)
-    if _missing_sqlite_file(url):
+    shown = redacted_url(url)
+    if missing_sqlite_file(url):
         return DatabaseState(shown, missing_file=True)
     scripts = ScriptDirectory.from_config(_alembic_config())
     heads, known = tuple(scripts.get_heads()), frozenset(rev.revision for rev in scripts.walk_revisions())
     try:
         current = _current_revisions(url)
     except SQLAlchemyError as exc:
-        reason = _first_line(exc.orig) if isinstance(exc, DBAPIError) else "not a usable database URL"
+        reason = first_line(exc.orig) if isinstance(exc, DBAPIError) else "not a usable database URL"
         return DatabaseState(shown, error=reason)
     return DatabaseState(shown, current=current, heads=heads, known=known)
 
@@ -145,23 +145,3 @@ def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
     return config
-
-
-def _missing_sqlite_file(url: str) -> bool:
-    try:
-        database = make_url(url).database if url.startswith("sqlite") else None
-    except ArgumentError:
-        return False
-    return database not in (None, "", ":memory:") and not Path(str(database)).is_file()
-
-
-def _redacted(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparsable URL>"
-
-
-def _first_line(error: BaseException | None) -> str:
-    lines = str(error).strip().splitlines() or [type(error).__name__]
-    return lines[0][:200]
