@@ -350,7 +350,7 @@ def test_a_summary_may_be_one_string() -> None:
 # --- Tightening: every combination ----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("current", "wanted"), itertools.product(RISK_LEVELS, (None, *RISK_LEVELS)))
+@pytest.mark.parametrize(("current", "wanted"), list(itertools.product(RISK_LEVELS, (None, *RISK_LEVELS))))
 def test_risk_level_only_rises(current: str, wanted: str | None) -> None:
     got = tighten(gate_policy(risk_level=current), RepoEntry(risk_level=wanted))
     higher = wanted is not None and RISK_LEVELS.index(wanted) > RISK_LEVELS.index(current)
@@ -362,7 +362,7 @@ def test_risk_level_only_rises(current: str, wanted: str | None) -> None:
         assert ("raised" in note) is higher and ("ignored" in note) is not higher
 
 
-@pytest.mark.parametrize(("current", "wanted"), itertools.product((False, True), (None, False, True)))
+@pytest.mark.parametrize(("current", "wanted"), list(itertools.product((False, True), (None, False, True))))
 def test_the_approval_token_is_only_turned_on(current: bool, wanted: bool | None) -> None:
     got = tighten(gate_policy(require_approval_token=current), RepoEntry(require_approval_token=wanted))
     assert got.require_approval_token is (current or bool(wanted))
@@ -529,7 +529,7 @@ def test_dry_run_never_waits_for_a_reviewer(outcome: Verdict | AwaitReview | Ret
         assert got is outcome
 
 
-@pytest.mark.parametrize(("verdict", "dry_run"), itertools.product([*GateState, None], (False, True)))
+@pytest.mark.parametrize(("verdict", "dry_run"), list(itertools.product([*GateState, None], (False, True))))
 def test_dry_run_never_rejects_on_github_and_enforce_sends_the_verdict(
     verdict: GateState | None, dry_run: bool
 ) -> None:
@@ -574,7 +574,7 @@ def test_after_review_in_dry_run_never_closes_rejected(
 
 
 @pytest.mark.parametrize(
-    ("verdict", "dry_run"), itertools.product((GateState.APPROVED, GateState.REJECTED), (False, True))
+    ("verdict", "dry_run"), list(itertools.product((GateState.APPROVED, GateState.REJECTED), (False, True)))
 )
 def test_the_final_comment_says_what_was_decided(verdict: GateState, dry_run: bool) -> None:
     ctx = comments.DecisionContext("acme/shop", "preview-1", "thr_1", "task-1")
