@@ -554,7 +554,7 @@ REVIEW_ANSWERS = [
 
 @pytest.mark.parametrize(
     ("answer", "verdict", "sent_before", "answered"),
-    itertools.product(REVIEW_ANSWERS, (GateState.APPROVED, GateState.REJECTED), (None, NOW - 5), (None, NOW - 9)),
+    list(itertools.product(REVIEW_ANSWERS, (GateState.APPROVED, GateState.REJECTED), (None, NOW - 5), (None, NOW - 9))),
 )
 def test_after_review_in_dry_run_never_closes_rejected(
     answer: GitHubAnswer, verdict: GateState, sent_before: float | None, answered: float | None
