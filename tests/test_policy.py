@@ -331,6 +331,10 @@ BAD_REPOSITORY_FILES = [
     ("environments:\n  production:\n    preview: [x]\n", 3, "preview must be a string"),
     ("environments:\n  production:\n    preview: '" + "x" * 4001 + "'\n", 3, "at most 4000 characters"),
     ("environments:\n  production: {}\n  production: {}\n", 3, "duplicate key 'production'"),
+    # What reviewers read carries no terminal escapes or NUL (YAML's double quotes can spell them).
+    ('environments:\n  production:\n    summary: ["ok\\e[31m"]\n', 3, "control characters (found U+001B)"),
+    ('environments:\n  production:\n    preview: "a\\0b"\n', 3, "control characters (found NUL)"),
+    ('environments:\n  production:\n    preview: "a\\u2028b"\n', 3, "control characters (found U+2028)"),
     ("environments:\n  production:\n    risk_level: [critical\n", 4, "not valid YAML"),
 ]
 
@@ -612,3 +616,9 @@ def test_an_asked_gate_without_its_stored_policy_is_never_loosened(mode: Mode, s
     fallback = central.enforced(require_approval_token=floor)
     assert fallback.mode is Mode.ENFORCE and not fallback.dry_run
     assert fallback.require_approval_token is (stored_token or floor)
+
+
+def test_a_multi_line_preview_and_tabs_in_summary_lines_are_kept() -> None:
+    text = 'environments:\n  production:\n    summary: ["Runs\\tmigration 42"]\n    preview: "line one\\nline two"\n'
+    entry = parse_repository_file(text).entry_for("production")
+    assert entry is not None and entry.preview == "line one\nline two" and entry.summary == ("Runs migration 42",)

@@ -19,6 +19,7 @@ from app.core.policy import GatePolicy
 from app.core.policy_values import RISK_LEVELS, dotted, format_duration, read_deadline, read_flag, read_risk_level
 from app.core.policy_yaml import Located, Path, PolicyError, load_located
 from app.core.review import GitHubAnswer, Reading, alert_for, read_answer
+from app.core.text import describe, first_unsafe
 
 REPOSITORY_FILE = ".github/stacksona-gate.yml"
 MAX_FILE_BYTES = 64 * 1024
@@ -93,6 +94,8 @@ def _summary(value: object) -> tuple[str, ...]:
         raise ValueError("must be a list of strings")
     if len(lines) > MAX_SUMMARY_LINES or any(len(line) > MAX_SUMMARY_LINE for line in lines):
         raise ValueError(f"may have at most {MAX_SUMMARY_LINES} lines of at most {MAX_SUMMARY_LINE} characters")
+    for line in lines:
+        _plain(line, allowed="\t")
     return tuple(" ".join(line.split()) for line in lines if line.strip())
 
 
@@ -101,7 +104,14 @@ def _preview(value: object) -> str:
         raise ValueError("must be a string")
     if len(value) > MAX_PREVIEW:
         raise ValueError(f"must be at most {MAX_PREVIEW} characters")
+    _plain(value, allowed="\t\n\r")
     return value.strip()
+
+
+def _plain(text: str, *, allowed: str) -> None:
+    # The text goes to Stacksona's reviewers: no terminal escapes, NUL or lone surrogates.
+    if (unsafe := first_unsafe(text, allowed=allowed)) is not None:
+        raise ValueError(f"must not contain control characters (found {describe(unsafe)})")
 
 
 def tighten(policy: GatePolicy, entry: RepoEntry | None) -> GatePolicy:

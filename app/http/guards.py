@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import threading
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# Lone surrogates cannot be encoded for the database (SQLite raises), NUL cannot
-# be stored in PostgreSQL text, and line breaks would forge log lines.
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+from app.core.text import first_unsafe
 
 
 class RejectedInput(ValueError):
@@ -23,7 +20,7 @@ def clean_text(value: str, *, limit: int) -> str | None:
     text = value.strip(" \t")
     if not text or len(text) > limit:
         return None
-    if any(unicodedata.category(char) in _UNSAFE_CATEGORIES for char in text):
+    if first_unsafe(text) is not None:
         return None
     return text
 

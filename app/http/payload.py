@@ -18,6 +18,7 @@ from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from app.core.gate import DeploymentRequest
+from app.core.text import describe, first_unsafe, is_surrogate
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Ids are stored as BIGINT: anything larger is not a real GitHub id.
@@ -27,9 +28,7 @@ _MAX_LENGTHS = {"environment": 255, "repository.name": 100, "repository.owner.lo
 # C0 (tab, CR and LF included), DEL, C1 and the Unicode line/paragraph separators: no GitHub name or ref
 # holds one, PostgreSQL text cannot hold NUL, urlsplit silently drops tab/CR/LF before anything is
 # compared, and a line break in a logged name would forge a log line.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # A JSON "\ud800" escape decodes to a lone surrogate, which neither UTF-8 nor the database drivers encode.
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 # GitHub owner logins are letters, digits and hyphens; repository names add "." and "_". A real callback
 # URL therefore never needs percent-encoding, a query, a fragment or user info: any of them is a trick.
 _URL_CHARACTERS = re.compile(r"[A-Za-z0-9._~:/\[\]-]+")
@@ -124,15 +123,11 @@ def _optional_string(data: object, key: str, label: str | None = None) -> str:
 
 
 def _plain_text(value: str, label: str) -> str:
-    if (control := _CONTROL.search(value)) is not None:
-        raise PayloadError(f"{label} must not contain control characters (found {_describe(control[0])})")
-    if _SURROGATE.search(value) is not None:
+    if (unsafe := first_unsafe(value)) is None:
+        return value
+    if is_surrogate(unsafe):
         raise PayloadError(f"{label} must be valid Unicode text (it holds a lone UTF-16 surrogate)")
-    return value
-
-
-def _describe(character: str) -> str:
-    return "NUL" if character == "\x00" else f"U+{ord(character):04X}"
+    raise PayloadError(f"{label} must not contain control characters (found {describe(unsafe)})")
 
 
 def _is_id(value: object) -> TypeGuard[int]:
