@@ -11,10 +11,14 @@ import jwt
 import pytest
 
 from app.cli import main
+from app.clients.github import USER_AGENT, GitHubClient
+from app.core.secret import Secret
+from app.onboarding import enable as enabling
 from app.onboarding.github_rest import Answer, refusal
 from app.simulators.github import GitHubSimulator
 from app.simulators.github_app_info import SimInstallation
 from app.simulators.github_environments import MAX_CUSTOM_RULES
+from tests.support.http_mock import Handler, raise_, respond
 
 APP_ID = 4242
 ADMIN = "ghp_admin_of_acme"
@@ -419,3 +423,148 @@ def answer(status: int, message: str = "Boom", **headers: str) -> Answer:
 )
 def test_refusals_name_the_cause_and_the_fix(got: Answer, reason: str) -> None:
     assert refusal(got, "add rules", "a/b").startswith(reason)
+
+
+# --- the App's own view (--installation, --all-repos), through GitHubClient ------------------------
+
+
+def test_the_app_client_pages_through_installations_and_their_repositories(
+    github: GitHubSimulator, private_pem: str
+) -> None:
+    github.app.registered.installations.extend(SimInstallation(n, f"org{n}") for n in range(2, 152))
+    names = [f"acme/r{n:03}" for n in range(230)]
+    for name in names:
+        github.repositories.add(name)
+    client = GitHubClient(api_url=github.url, app_id=APP_ID, private_key=Secret(private_pem), api_version="2026-03-10")
+    try:
+        installations = client.list_all_installations()
+        repositories = client.list_installation_repositories(1)
+    finally:
+        client.close()
+    assert installations.complete and [i["id"] for i in installations.items] == list(range(1, 152))
+    assert repositories.complete
+    assert [r["full_name"] for r in repositories.items] == ["acme/shop", "acme/api", *names]
+
+
+class Recorded(httpx.BaseTransport):
+    """Real HTTP to the simulator; every request kept."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self._inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def test_each_credential_goes_only_where_it_belongs_with_one_user_agent_and_the_configured_version(
+    github: GitHubSimulator, private_pem: str
+) -> None:
+    env = {"GITHUB_APP_ID": str(APP_ID), "GITHUB_API_URL": github.url, "GITHUB_TOKEN": ADMIN}
+    env |= {"GITHUB_PRIVATE_KEY": private_pem, "GITHUB_API_VERSION": "2022-11-28"}
+    recorded = Recorded()
+    request = enabling.EnableRequest((), ("production",), all_repositories=True)
+    lines = [result.line for result in enabling.enable(env, request, transport=recorded)]
+    assert lines == ["acme/shop production: enabled", "acme/api production: enabled"]
+    schemes = {(r.url.path.split("/")[1], r.headers["authorization"].split(" ")[0]) for r in recorded.requests}
+    assert schemes == {("app", "Bearer"), ("installation", "token"), ("repos", "Bearer")}
+    app_jwt = {r.headers["authorization"] for r in recorded.requests if r.url.path.startswith("/app/")}
+    assert all(credential.startswith("Bearer eyJ") for credential in app_jwt)  # the App's JWT, never GITHUB_TOKEN
+    users = {r.headers["authorization"] for r in recorded.requests if r.url.path.startswith("/repos/")}
+    assert users == {f"Bearer {ADMIN}"}
+    assert {r.headers["user-agent"] for r in recorded.requests} == {USER_AGENT}
+    # githubkit builds the token request itself, without the version header: GitHub then uses its default.
+    versions = {r.headers.get("x-github-api-version") for r in recorded.requests if "access_tokens" not in r.url.path}
+    assert versions == {"2022-11-28"}
+
+
+MINTED = {"token": "ghs_minted_for_the_test", "expires_at": "2099-01-01T00:00:00Z"}
+RATE_LIMITED = {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + 60), "retry-after": "60"}
+LIST_REPOSITORIES = enabling.EnableRequest((), ("production",), installations=(5,))
+LIST_ALL = enabling.EnableRequest((), ("production",), all_repositories=True)
+
+
+ONE_INSTALLATION = respond(200, json=[{"id": 5}])
+TOKEN_MINTED = respond(201, json=MINTED)
+NO_REPOSITORY = respond(200, json={"total_count": 0, "repositories": []})
+
+
+def app_api(
+    installations: Handler = ONE_INSTALLATION, token: Handler = TOKEN_MINTED, repositories: Handler = NO_REPOSITORY
+) -> httpx.MockTransport:
+    """GitHub as the App sees it: one installation (5), holding no repository unless told otherwise."""
+    routes = {
+        "/app/installations": installations,
+        "/app/installations/5/access_tokens": token,
+        "/installation/repositories": repositories,
+    }
+    return httpx.MockTransport(
+        lambda request: routes.get(request.url.path, respond(404, json={"message": "Not Found"}))(request)
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_", "transport", "reason"),
+    [
+        (
+            LIST_REPOSITORIES,
+            app_api(token=respond(404, json={"message": "Not Found"})),
+            "the App (GITHUB_APP_ID 4242) has no installation 5: the id is the number at the end of the "
+            "installation's settings page URL",
+        ),
+        (
+            LIST_REPOSITORIES,
+            app_api(token=respond(401, json={"message": "Bad credentials"})),
+            "GitHub refused the App's credentials to get a token for installation 5 (401 Bad credentials): "
+            "check GITHUB_APP_ID and GITHUB_PRIVATE_KEY (`stacksona-gate check`)",
+        ),
+        (
+            LIST_REPOSITORIES,
+            app_api(token=respond(403, json={"message": "API rate limit exceeded"}, headers=RATE_LIMITED)),
+            "GitHub's rate limit is used up: run the command again in 60 s",
+        ),
+        (
+            LIST_REPOSITORIES,
+            app_api(repositories=respond(403, json={"message": "API rate limit exceeded"}, headers=RATE_LIMITED)),
+            "GitHub's rate limit is used up: run the command again in 60 s",
+        ),
+        (
+            LIST_REPOSITORIES,
+            app_api(repositories=respond(401, json={"message": "Bad credentials"})),
+            "GitHub refused the installation token (401 Bad credentials): set a valid, unexpired token",
+        ),
+        (
+            LIST_ALL,
+            app_api(installations=respond(502, json={"message": "Bad Gateway"})),
+            "GitHub failed to list its installations (HTTP 502 Bad Gateway): run the command again",
+        ),
+        (
+            LIST_ALL,
+            app_api(installations=raise_(httpx.ConnectError)),
+            "cannot reach https://api.github.com (ConnectError): check GITHUB_API_URL",
+        ),
+        (
+            LIST_REPOSITORIES,
+            app_api(token=raise_(httpx.ReadTimeout)),
+            "GitHub did not answer in time: run the command again",
+        ),
+        (
+            LIST_REPOSITORIES,
+            app_api(repositories=raise_(httpx.ReadTimeout)),
+            "GitHub did not answer in time: run the command again",
+        ),
+        (LIST_ALL, app_api(), "the App's installations hold no repository"),
+    ],
+)
+def test_listing_failures_name_the_cause_and_the_fix(
+    request_: enabling.EnableRequest, transport: httpx.MockTransport, reason: str, private_pem: str
+) -> None:
+    env = {"GITHUB_APP_ID": str(APP_ID), "GITHUB_TOKEN": ADMIN, "GITHUB_PRIVATE_KEY": private_pem}
+    with pytest.raises(enabling.EnableError) as failure:
+        list(enabling.enable(env, request_, transport=transport))
+    assert str(failure.value).startswith(reason)
+    assert "ghs_minted_for_the_test" not in str(failure.value) and "eyJ" not in str(failure.value)

@@ -27,6 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.cli import main
+from app.clients.github import USER_AGENT
 from app.onboarding.app_conversion import RegisterError, exchange_code
 from app.onboarding.envfile import dotenv_line, updated_dotenv, write_private
 from app.onboarding.manifest import load_manifest
@@ -266,6 +267,36 @@ def test_conversion_request_is_unauthenticated_and_versioned_for_the_host(api_ur
     assert "authorization" not in seen[0].headers and seen[0].headers["x-github-api-version"] == version
 
 
+def test_conversion_sends_the_configured_api_version_and_the_apps_user_agent() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(404, json={"message": "Not Found"})
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client, pytest.raises(RegisterError):
+        exchange_code(client, "https://api.github.com", CODE, "2022-11-28")
+    assert seen[0].headers["x-github-api-version"] == "2022-11-28"
+    assert seen[0].headers["user-agent"] == USER_AGENT
+
+
+@pytest.mark.parametrize(
+    ("environ", "dotenv", "version"),
+    [
+        ({}, "", "2026-03-10"),
+        ({"GITHUB_API_VERSION": "2022-11-28"}, "", "2022-11-28"),
+        ({}, "GITHUB_API_VERSION=2022-11-28\n", "2022-11-28"),
+        ({"GITHUB_API_URL": "https://ghe.example.com/api/v3"}, "", "2022-11-28"),
+    ],
+)
+def test_the_plan_takes_the_configured_api_version_or_the_hosts_default(
+    environ: dict[str, str], dotenv: str, version: str, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text(dotenv)
+    options = RegisterOptions(public_url="https://gate.example.com", dotenv=tmp_path / ".env")
+    assert plan_registration(options, environ).api_version == version
+
+
 @pytest.mark.parametrize("code", ["", "../../user", "a b", "x" * 201])
 def test_a_code_that_could_not_come_from_github_is_not_sent(code: str) -> None:
     with pytest.raises(RegisterError, match="no usable code"):
@@ -399,6 +430,20 @@ def test_ghes_organisation_flow_uses_the_web_host_and_writes_the_api_url(
     assert registration.app.owner == "acme" and registration.shadowed == ()
     assert registration.app.install_url == f"{web}/github-apps/stacksona-deployment-gate/installations/new"
     assert read_dotenv(tmp_path / ".env")["GITHUB_API_URL"] == ghes.url
+
+
+def test_the_code_exchange_sends_the_configured_api_version(
+    tmp_path: Path, ghes: GitHubSimulator, browser: Browser, client: httpx.Client
+) -> None:
+    (tmp_path / ".env").write_text("GITHUB_API_VERSION=2026-03-10\n")  # github.com's version: GHES refuses it
+    plan = _plan(tmp_path, ghes.url, org="acme")
+    web = ghes.url.removesuffix("/api/v3")
+    with RegistrationFlow(plan, client=client, environ={}) as flow:
+        confirm = browser.open_registration(flow.url, f"{web}/organizations/acme/settings/apps/new?state=")
+        browser.http.get(browser.confirm(web, confirm).headers["Location"])
+        with pytest.raises(RegisterError, match='HTTP 400 to the code exchange: The X-GitHub-Api-Version header "2026'):
+            flow.wait(10)
+    assert not set(read_dotenv(tmp_path / ".env")) & set(APP_KEYS)
 
 
 def test_settings_also_in_the_process_environment_are_reported(

@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -32,6 +33,7 @@ from app.clients.github_answers import (
     next_cursor,
     read_run_status,
 )
+from app.clients.github_listing import AppListing, read_pages
 from app.core.redelivery import DELIVERIES_PER_PAGE, MAX_DELIVERY_PAGES, needs_older_page
 from app.core.review import GitHubAnswer
 from app.core.secret import Secret
@@ -183,6 +185,18 @@ class GitHubClient:
         return self._read_as_app(
             lambda github: github.rest.apps.list_installations(per_page=100, headers=self._version_header)
         )
+
+    def list_all_installations(self) -> AppListing:
+        """Every installation of the App: `GET /app/installations` page by page (App JWT)."""
+        github = self._github
+        pages = partial(github.rest.apps.list_installations, headers=self._version_header)
+        return read_pages(pages, None, self._answer_from)
+
+    def list_installation_repositories(self, installation_id: int) -> AppListing:
+        """Every repository one installation can see: `GET /installation/repositories` with its token."""
+        github = self._installation(installation_id)  # `rest` only weakly references it: keep it alive
+        pages = partial(github.rest.apps.list_repos_accessible_to_installation, headers=self._version_header)
+        return read_pages(pages, "repositories", self._answer_from)
 
     def get_hook_config(self) -> AppReading:
         """`GET /app/hook/config` (App JWT): the webhook URL; GitHub masks the secret."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from app import __version__
+from app.clients.github import USER_AGENT
 from app.core.secret import Secret
 from app.settings import default_api_version
 
@@ -39,14 +39,17 @@ class NewApp:
         return f"{self.html_url}/installations/new"
 
 
-def exchange_code(client: httpx.Client, api_url: str, code: str) -> NewApp:
-    """The code GitHub's redirect carried, turned into the new App's id and secrets."""
+def exchange_code(client: httpx.Client, api_url: str, code: str, api_version: str | None = None) -> NewApp:
+    """The code GitHub's redirect carried, turned into the new App's id and secrets.
+
+    `api_version` is GITHUB_API_VERSION when set; otherwise the host's default, like every other call.
+    """
     if not _CODE.fullmatch(code):
         raise RegisterError("GitHub's redirect carried no usable code: run `stacksona-gate register` again")
     headers = {
         "Accept": "application/vnd.github+json",
-        "X-GitHub-Api-Version": default_api_version(api_url),
-        "User-Agent": f"stacksona-gate/{__version__}",
+        "User-Agent": USER_AGENT,
+        "X-GitHub-Api-Version": api_version or default_api_version(api_url),
     }
     try:
         response = client.post(f"{api_url}/app-manifests/{code}/conversions", headers=headers)

@@ -7,8 +7,9 @@ enabled, the integrations available to the environment (the App must be installe
 repository; this read also needs admin rights, so missing rights show before any write), then
 `POST .../deployment_protection_rules` with the App's id as `integration_id`.
 
-`--installation` / `--all-repos` list the App's own view (App JWT, then `GET /installation/repositories`
-with an installation token): exactly the repositories where the rule can be added.
+`--installation` / `--all-repos` list the App's own view through `GitHubClient` (App JWT for
+`GET /app/installations`, then `GET /installation/repositories` with each installation's token):
+exactly the repositories where the rule can be added.
 `GET /user/installations/{id}/repositories` would need a user access token of the App, which
 GITHUB_TOKEN (a personal access token) is not. See docs/architecture.md, "GitHub facts".
 """
@@ -16,17 +17,18 @@ GITHUB_TOKEN (a personal access token) is not. See docs/architecture.md, "GitHub
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-import jwt
 
+from app.clients.github import GitHubClient
+from app.clients.github_listing import AppListing
 from app.core.secret import Secret
-from app.onboarding.github_rest import Answer, CallFailed, GitHubRest, paged, refusal
+from app.onboarding.github_rest import Answer, CallFailed, GitHubRest, answer_of, paged, refusal, unanswered
 from app.settings import github_api_url, github_api_version, github_app_id, github_private_key, github_token
 
 __all__ = [
@@ -204,13 +206,12 @@ def _path(repository: str, environment: str | None = None, rest: str = "") -> st
 
 
 class InstallationRepositories:
-    """The repositories the App is installed on, as the App sees them (App JWT, then installation tokens)."""
+    """The repositories the App is installed on, as the App sees them (its JWT, then installation tokens)."""
 
-    def __init__(self, rest: GitHubRest, app_id: int, private_key: Secret, clock: Callable[[], float]) -> None:
-        self._rest = rest
+    def __init__(self, github: GitHubClient, app_id: int, api_url: str) -> None:
+        self._github = github
         self._app_id = app_id
-        self._private_key = private_key
-        self._clock = clock
+        self._api_url = api_url
 
     def listed(self, installation_ids: Iterable[int]) -> list[str]:
         """Those of `installation_ids`, or of every installation when there are none."""
@@ -224,57 +225,50 @@ class InstallationRepositories:
         return names
 
     def _installation_ids(self) -> list[int]:
-        installations = paged(
-            lambda params: self._rest.call("GET", "/app/installations", self._jwt(), params=params),
-            None,
-            lambda answer: self._jwt_refused(answer, "list its installations"),
-        )
-        return [i["id"] for i in installations if isinstance(i.get("id"), int)]
+        listing = self._github.list_all_installations()
+        if not listing.complete:
+            raise self._stopped(listing, lambda answer: self._jwt_refused(answer, "list its installations"))
+        return [id_ for i in listing.items if isinstance(id_ := i.get("id"), int)]
 
     def _repositories_of(self, installation_id: int) -> list[str]:
-        token = self._installation_token(installation_id)
-        repositories = paged(
-            lambda params: self._rest.call("GET", "/installation/repositories", token, params=params),
-            "repositories",
-            lambda answer: EnableError(
-                refusal(answer, "list repositories", f"installation {installation_id}", "the installation token")
-            ),
-        )
-        return [r["full_name"] for r in repositories if isinstance(r.get("full_name"), str)]
+        listing = self._github.list_installation_repositories(installation_id)
+        if listing.answer.token_failure:
+            raise self._stopped(listing, lambda answer: self._token_refused(answer, installation_id))
+        if not listing.complete:
+            raise self._stopped(
+                listing,
+                lambda answer: refusal(
+                    answer, "list repositories", f"installation {installation_id}", "the installation token"
+                ),
+            )
+        return [name for r in listing.items if isinstance(name := r.get("full_name"), str)]
 
-    def _installation_token(self, installation_id: int) -> Secret:
-        answer = self._rest.call("POST", f"/app/installations/{installation_id}/access_tokens", self._jwt())
+    def _stopped(self, listing: AppListing, refused: Callable[[Answer], str]) -> EnableError:
+        if listing.refused is not None:
+            return EnableError(refused(answer_of(listing.refused)))
+        if listing.unanswered is not None:
+            return EnableError(unanswered(listing.unanswered, self._api_url))
+        return EnableError(f"GitHub gave no usable answer ({listing.answer.detail}): run the command again")
+
+    def _token_refused(self, answer: Answer, installation_id: int) -> str:
         if answer.status == 404:
-            raise EnableError(
+            return (
                 f"the App (GITHUB_APP_ID {self._app_id}) has no installation {installation_id}: the id is the "
                 "number at the end of the installation's settings page URL"
             )
-        token = answer.body.get("token") if answer.ok and isinstance(answer.body, dict) else None
-        if not isinstance(token, str):
-            raise self._jwt_refused(answer, f"get a token for installation {installation_id}")
-        return Secret(token)
+        return self._jwt_refused(answer, f"get a token for installation {installation_id}")
 
-    def _jwt(self) -> Secret:
-        now = int(self._clock())
-        # iat 60 s in the past allows for clock drift; GitHub refuses an exp more than 10 minutes after iat.
-        claims = {"iat": now - 60, "exp": now + 540, "iss": str(self._app_id)}
-        return Secret(jwt.encode(claims, self._private_key.reveal(), algorithm="RS256"))
-
-    def _jwt_refused(self, answer: Answer, action: str) -> EnableError:
+    def _jwt_refused(self, answer: Answer, action: str) -> str:
         if answer.status in (401, 404):
-            return EnableError(
+            return (
                 f"GitHub refused the App's credentials to {action} ({answer.status} {answer.message}): check "
                 "GITHUB_APP_ID and GITHUB_PRIVATE_KEY (`stacksona-gate check`)"
             )
-        return EnableError(refusal(answer, action, "its installations", "the App's JWT"))
+        return refusal(answer, action, "its installations", "the App's JWT")
 
 
 def enable(
-    env: Mapping[str, str],
-    request: EnableRequest,
-    *,
-    transport: httpx.BaseTransport | None = None,
-    clock: Callable[[], float] = time.time,
+    env: Mapping[str, str], request: EnableRequest, *, transport: httpx.BaseTransport | None = None
 ) -> Iterator[Result]:
     """One result per (repository, environment), as each is done. Reads only the settings it needs."""
     api_url = github_api_url(env)
@@ -282,19 +276,20 @@ def enable(
     app_id = github_app_id(env)
     token = github_token(env)
     private_key = github_private_key(env) if request.lists_installations else None
-    rest = GitHubRest(api_url, api_version, transport=transport)
-    try:
+    with ExitStack() as opened:
         repositories = list(request.repositories)
         if private_key is not None:
-            listing = InstallationRepositories(rest, app_id, private_key, clock)
+            app = GitHubClient(
+                api_url=api_url, app_id=app_id, private_key=private_key, api_version=api_version, transport=transport
+            )
+            opened.callback(app.close)
+            listing = InstallationRepositories(app, app_id, api_url)
             repositories += listing.listed(() if request.all_repositories else request.installations)
+        rest = GitHubRest(api_url, api_version, transport=transport)
+        opened.callback(rest.close)
         enabler = Enabler(rest, token, app_id, create_environment=request.create_environment)
         for repository in _unique(repositories):
             yield from enabler.repository(repository, _unique(request.environments))
-    except CallFailed as failed:
-        raise EnableError(failed.reason) from None
-    finally:
-        rest.close()
 
 
 def _unique(names: Iterable[str]) -> list[str]:

@@ -1,7 +1,10 @@
-"""GitHub's REST API for the onboarding commands: plain httpx, the headers GitHub asks for, refusals explained.
+"""GitHub's REST API with GITHUB_TOKEN (a user's token) for `enable`: httpx, refusals explained.
 
-Redirects are answers, not followed (a renamed repository answers 301); errors carry
-GitHub's message and the fix, never a credential.
+Plain httpx rather than githubkit: a 404 here is an answer to act on (no repository, no
+environment yet) and a redirect means a renamed repository, while githubkit raises for the
+first and parses models we would not use. The headers are `GitHubClient`'s (its user agent,
+the configured REST API version on every call). Errors carry GitHub's message and the fix,
+never a credential. The App's own calls (JWT, installation tokens) go through `GitHubClient`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import httpx
 from app.clients.github import USER_AGENT, proxy_for
 from app.core.secret import Secret
 
-__all__ = ["DEFAULT_TIMEOUT", "Answer", "CallFailed", "GitHubRest", "paged", "refusal"]
+__all__ = ["DEFAULT_TIMEOUT", "Answer", "CallFailed", "GitHubRest", "answer_of", "paged", "refusal", "unanswered"]
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 _PER_PAGE = 100
@@ -47,6 +50,21 @@ class Answer:
         return " ".join(str(message).split())[:200] if message else "no message"
 
 
+def answer_of(response: httpx.Response) -> Answer:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    return Answer(response.status_code, body, response.headers)
+
+
+def unanswered(exc: httpx.HTTPError, api_url: str) -> str:
+    """Why no answer came, with the fix (httpx's message would carry the URL)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "GitHub did not answer in time: run the command again"
+    return f"cannot reach {api_url} ({type(exc).__name__}): check GITHUB_API_URL"
+
+
 def refusal(answer: Answer, action: str, repository: str, credential: str = "GITHUB_TOKEN") -> str:
     """Why GitHub refused `action` on `repository`, with the fix (pure: table-tested)."""
     status, message = answer.status, answer.message
@@ -71,10 +89,11 @@ class GitHubRest:
 
     def __init__(self, api_url: str, api_version: str, *, transport: httpx.BaseTransport | None = None) -> None:
         self._api_url = api_url
-        headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": api_version}
+        # What githubkit sends for `GitHubClient`; the version on every call, as GHES may only know an older one.
+        headers = {"Accept": "application/vnd.github+json", "User-Agent": USER_AGENT}
         self._client = httpx.Client(
             base_url=api_url,
-            headers=headers | {"User-Agent": USER_AGENT},
+            headers=headers | {"X-GitHub-Api-Version": api_version},
             timeout=DEFAULT_TIMEOUT,
             transport=transport or httpx.HTTPTransport(proxy=proxy_for(api_url)),
         )
@@ -86,15 +105,9 @@ class GitHubRest:
         headers = {"Authorization": f"Bearer {credential.reveal()}"}
         try:
             response = self._client.request(method, path, headers=headers, **kwargs)
-        except httpx.TimeoutException:
-            raise CallFailed("GitHub did not answer in time: run the command again") from None
         except httpx.HTTPError as exc:
-            raise CallFailed(f"cannot reach {self._api_url} ({type(exc).__name__}): check GITHUB_API_URL") from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        return Answer(response.status_code, body, response.headers)
+            raise CallFailed(unanswered(exc, self._api_url)) from None
+        return answer_of(response)
 
 
 def paged(

@@ -41,7 +41,7 @@ from app.onboarding.register_pages import (
     not_found_page,
     not_this_registration_page,
 )
-from app.settings import DEFAULT_GITHUB_API_URL, github_api_url, github_web_url, merged_environment
+from app.settings import DEFAULT_GITHUB_API_URL, github_api_url, github_api_version, github_web_url, merged_environment
 
 __all__ = [
     "NewApp",
@@ -85,6 +85,7 @@ class Plan:
     """Everything decided before the browser is involved."""
 
     api_url: str
+    api_version: str
     web_url: str
     org: str | None
     webhook_url: str
@@ -111,6 +112,7 @@ def plan_registration(options: RegisterOptions, environ: Mapping[str, str]) -> P
     manifest = load_manifest()
     return Plan(
         api_url=api_url,
+        api_version=github_api_version(env, api_url),
         web_url=github_web_url(api_url),
         org=options.org,
         webhook_url=webhook_url(options.public_url, manifest),
@@ -261,7 +263,7 @@ class RegistrationFlow:
 
     def _complete(self, code: str) -> Registration | RegisterError:
         try:
-            app = exchange_code(self._client, self._plan.api_url, code)
+            app = exchange_code(self._client, self._plan.api_url, code, self._plan.api_version)
         except RegisterError as exc:
             return exc
         try:
