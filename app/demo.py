@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from app.core.secret import Secret
 from app.gates_report import gate_detail, gate_table
 from app.http.routes import create_app
@@ -28,6 +25,7 @@ from app.runtime import build_runtime, open_database
 from app.settings import Settings
 from app.simulators._server import LoopbackServer
 from app.simulators.github import GitHubSimulator, RecordedReview
+from app.simulators.github_apps import new_key_pair
 from app.simulators.stacksona import StacksonaSimulator
 from app.store.engine import make_engine
 
@@ -81,11 +79,7 @@ def run_demo(*, verbose: bool = False) -> int:
 
 @contextmanager
 def _world(tmp: Path) -> Iterator[DemoWorld]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem, public = new_key_pair()
     api_key, secret = "sg_demo_" + secrets.token_hex(8), secrets.token_hex(16)
     with (
         GitHubSimulator(app_id=4242, public_key_pem=public) as github,

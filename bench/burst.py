@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.core.gate import FINAL_STATES
 from app.core.secret import Secret
@@ -37,6 +35,7 @@ from app.runtime import build_runtime, open_database
 from app.settings import Settings
 from app.simulators._server import LoopbackServer
 from app.simulators.github import GitHubSimulator
+from app.simulators.github_apps import new_key_pair
 from app.simulators.stacksona import StacksonaSimulator
 
 ENVIRONMENTS = tuple(f"env-{n}" for n in range(10))
@@ -87,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 @contextmanager
 def _burst(tmp: Path, args: argparse.Namespace) -> Iterator[Burst]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem, public = new_key_pair()
     api_key, secret = "sg_bench_" + secrets.token_hex(8), secrets.token_hex(16)
     with (
         GitHubSimulator(app_id=APP_ID, public_key_pem=public) as github,
@@ -182,8 +177,9 @@ def _all_closed(burst: Burst, gates: int) -> bool:
 def _metrics(burst: Burst, name: str) -> dict[str, int]:
     """One metric of the App's /metrics page by label value (read over HTTP: the store is the App's business)."""
     page = httpx.get(burst.app_url + "/metrics", timeout=10).text
-    found = (re.fullmatch(name + r'\{\w+="([^"]*)"\} (\d+)', line) for line in page.splitlines())
-    return {match[1]: int(match[2]) for match in found if match}
+    # prometheus-client writes sample values as floats ("12.0").
+    found = (re.fullmatch(name + r'\{\w+="([^"]*)"\} ([0-9.e+]+)', line) for line in page.splitlines())
+    return {match[1]: int(float(match[2])) for match in found if match}
 
 
 def _jobs(runs: int) -> list[Job]:

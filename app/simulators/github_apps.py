@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 __all__ = [
@@ -127,3 +128,14 @@ class AppRegistry:
                 installation = SimInstallation(next(self._installation_ids), account, account_type)
                 app.installations.append(installation)
             return installation
+
+
+def new_key_pair() -> tuple[str, bytes]:
+    """A new App key: the private PEM as GitHub hands it out (PKCS#1), and the public key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    # GitHub hands out PKCS#1 ("BEGIN RSA PRIVATE KEY") files.
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private.decode(), public

@@ -25,13 +25,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from werkzeug.routing import Rule
 from werkzeug.wrappers import Request, Response
 
 from app.simulators._server import json_response
-from app.simulators.github_apps import AppRegistry, SimApp, load_public_key
+from app.simulators.github_apps import AppRegistry, SimApp, load_public_key, new_key_pair
 from app.simulators.github_manifest_checks import manifest_problems
 
 MANIFEST_ENDPOINTS = frozenset({"manifest_form", "manifest_create", "manifest_conversion"})
@@ -103,16 +101,6 @@ class _Confirmation:
     manifest: dict[str, Any]
     state: str | None
     org: str | None
-
-
-def _new_key_pair() -> tuple[str, bytes]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    # GitHub hands out PKCS#1 ("BEGIN RSA PRIVATE KEY") files.
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return private.decode(), public
 
 
 class ManifestRegistrar:
@@ -209,7 +197,7 @@ class ManifestRegistrar:
         return None
 
     def _create(self, confirmation: _Confirmation, name: str) -> tuple[RegisteredApp, str]:
-        private_pem, public_pem = _new_key_pair()
+        private_pem, public_pem = new_key_pair()
         web = self._web_url()
         hook = confirmation.manifest.get("hook_attributes")
         with self._lock:
