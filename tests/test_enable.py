@@ -11,7 +11,8 @@ import jwt
 import pytest
 
 from app.cli import main
-from app.clients.github import USER_AGENT, GitHubClient
+from app.clients.github import GitHubClient
+from app.clients.responses import USER_AGENT
 from app.core.secret import Secret
 from app.onboarding import enable as enabling
 from app.onboarding.github_rest import Answer, refusal

@@ -27,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.cli import main
-from app.clients.github import USER_AGENT
+from app.clients.responses import USER_AGENT
 from app.onboarding.app_conversion import RegisterError, exchange_code
 from app.onboarding.envfile import dotenv_line, updated_dotenv, write_private
 from app.onboarding.manifest import load_manifest

@@ -29,11 +29,11 @@ from app.clients.github_answers import (
     RunStatus,
     answer_from_refusal,
     answer_from_success,
-    json_or_none,
     next_cursor,
     read_run_status,
 )
 from app.clients.github_listing import AppListing, read_pages
+from app.clients.responses import USER_AGENT, json_or_none
 from app.core.redelivery import DELIVERIES_PER_PAGE, MAX_DELIVERY_PAGES, needs_older_page
 from app.core.review import GitHubAnswer
 from app.core.secret import Secret
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 __all__ = ["AppReading", "GitHubAnswer", "GitHubCallFailed", "GitHubClient", "ReviewState", "RunStatus", "RunTarget"]
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
-USER_AGENT = "stacksona-gate"
 ReviewState = Literal["approved", "rejected"]
 
 

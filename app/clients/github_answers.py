@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from app.clients.responses import json_or_none
 from app.core.backoff import parse_retry_after
 from app.core.review import GitHubAnswer
 
@@ -80,14 +81,6 @@ def read_run_status(answer: GitHubAnswer, body: object) -> RunStatus:
     if not isinstance(status, str) or not status:
         return RunStatus(replace(answer, detail="GitHub described the run in an unexpected shape"))
     return RunStatus(answer, status, conclusion if isinstance(conclusion, str) and conclusion else None)
-
-
-def json_or_none(response: httpx.Response) -> object:
-    try:
-        body: object = response.json()
-    except ValueError:
-        return None
-    return body
 
 
 def next_cursor(link_header: str) -> str | None:

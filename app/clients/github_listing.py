@@ -14,7 +14,8 @@ import httpx
 from githubkit.exception import GitHubException, RequestFailed
 from githubkit.response import Response
 
-from app.clients.github_answers import answer_from_success, json_or_none
+from app.clients.github_answers import answer_from_success
+from app.clients.responses import json_or_none
 from app.core.review import GitHubAnswer
 
 __all__ = ["MAX_PAGES", "PER_PAGE", "AppListing", "PageReader", "read_pages"]

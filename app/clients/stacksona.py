@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
+from app.clients.responses import USER_AGENT, json_or_none
 from app.core.backoff import parse_retry_after
 from app.core.decision import StacksonaAnswer, StacksonaFailure
 from app.core.secret import Secret
@@ -53,7 +54,7 @@ class StacksonaClient:
         self._metrics = metrics or default_metrics()
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {api_key.reveal()}", "User-Agent": "stacksona-gate"},
+            headers={"Authorization": f"Bearer {api_key.reveal()}", "User-Agent": USER_AGENT},
             timeout=timeout,
             transport=transport,
             follow_redirects=False,
@@ -110,7 +111,7 @@ class StacksonaClient:
         """
         with expecting(404):  # the task cannot exist: "not found" is the answer of a good key
             response = self._send("GET", "/api/agent/decisions", params={"task_id": task_id})
-        return AccessProbe(response.status_code, _json_or_none(response) is not None)
+        return AccessProbe(response.status_code, json_or_none(response) is not None)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._send(method, path, **kwargs)
@@ -223,14 +224,6 @@ def _json_or_empty(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         raise StacksonaCallFailed(StacksonaFailure("malformed", response.status_code, None, "not JSON")) from None
-
-
-def _json_or_none(response: httpx.Response) -> object:
-    try:
-        body: object = response.json()
-    except ValueError:
-        return None
-    return body
 
 
 def _http_failure(response: httpx.Response) -> StacksonaFailure:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.clients.github import USER_AGENT
+from app.clients.responses import USER_AGENT
 from app.core.secret import Secret
 from app.settings import default_api_version
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 
-from app.clients.github import USER_AGENT, proxy_for
+from app.clients.github import proxy_for
+from app.clients.responses import USER_AGENT
 from app.core.secret import Secret
 
 __all__ = ["DEFAULT_TIMEOUT", "Answer", "CallFailed", "GitHubRest", "answer_of", "paged", "refusal", "unanswered"]
