@@ -9,27 +9,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
 from app.core.secret import Secret
 from app.http.guards import clean_text
-from app.http.routes import create_app
 from app.http.signature import sign
 from app.server import AccessLogger, printable
 from app.store import Store
-from app.store.engine import make_engine, migrate
-from tests.support.payloads import API, deployment_payload
-from tests.world import WEBHOOK_SECRET, make_settings
+from tests.support.payloads import deployment_payload
+from tests.support.web import client_for, sqlite_store
+from tests.world import WEBHOOK_SECRET
 
 FUZZ = settings(
     max_examples=int(os.environ.get("STACKSONA_FUZZ_EXAMPLES", "200")),
@@ -100,15 +97,8 @@ QUERIES = st.one_of(
 
 @pytest.fixture
 def empty_store(tmp_path: Path) -> Iterator[Store]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'fuzz.db'}")
-    migrate(engine)
-    yield Store.open(engine, time.time)
-    engine.dispose()
-
-
-def client_for(store: Store, private_pem: str, **overrides: Any) -> FlaskClient:
-    settings_ = make_settings(API, "https://gate.example", private_pem, "sqlite://", **overrides)
-    return create_app(settings_, store).test_client()
+    with sqlite_store(tmp_path / "fuzz.db") as store:
+        yield store
 
 
 def assert_answered_as_json(response: TestResponse) -> None:

@@ -11,11 +11,11 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
 
-from app.http.routes import create_app
 from app.http.signature import sign
 from app.store import Store
-from tests.support.payloads import API, CANONICAL_CALLBACK, deployment_payload, recorded_delivery
-from tests.world import WEBHOOK_SECRET, make_settings
+from tests.support.payloads import CANONICAL_CALLBACK, deployment_payload, recorded_delivery
+from tests.support.web import client_for
+from tests.world import WEBHOOK_SECRET
 
 
 @pytest.fixture
@@ -25,8 +25,7 @@ def store(engine: Engine) -> Store:
 
 @pytest.fixture
 def client(store: Store, private_pem: str) -> FlaskClient:
-    settings = make_settings(API, "https://gate.example", private_pem, "sqlite://")
-    return create_app(settings, store).test_client()
+    return client_for(store, private_pem)
 
 
 def post_signed(client: FlaskClient, body: dict[str, Any], delivery: str = "d-1") -> Any:

@@ -20,24 +20,18 @@ from app.http.payload import parse_deployment_request
 from app.http.routes import create_app
 from app.http.signature import sign
 from app.store import Store
-from app.store.engine import make_engine, migrate
+from app.store.engine import make_engine
 from app.telemetry.logs import JsonFormatter, TextFormatter
 from app.telemetry.metrics import Metrics
 from tests.support.payloads import API, deployment_payload
+from tests.support.web import client_for, sqlite_store
 from tests.world import WEBHOOK_SECRET, make_settings
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'web.db'}")
-    migrate(engine)
-    yield Store.open(engine, time.time)
-    engine.dispose()
-
-
-def client_for(store: Store, private_pem: str, **overrides: Any) -> FlaskClient:
-    settings = make_settings(API, "https://gate.example", private_pem, "sqlite://", **overrides)
-    return create_app(settings, store).test_client()
+    with sqlite_store(tmp_path / "web.db") as store:
+        yield store
 
 
 @pytest.fixture
