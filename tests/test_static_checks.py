@@ -21,7 +21,7 @@ def run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_is_clean() -> None:
-    result = run_module("ruff", "check", "app", "tests")
+    result = run_module("ruff", "check", "app", "tests", "bench", "tools")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
