@@ -364,6 +364,7 @@ def test_token_settings_stop_with_one_line_naming_the_variable(
         (["--repo", "shop", "--environment", "production"], "--repo 'shop': expected OWNER/NAME, like acme/shop"),
         (["--repo", "acme/..", "--environment", "production"], "--repo 'acme/..': expected OWNER/NAME"),
         (["--repo", "acme/shop", "--environment", " "], "--environment ' ': expected a name of 1 to 255"),
+        (["--repo", "acme/shop", "--environment", "prod\x1b"], "--environment 'prod\\x1b': expected a name of 1 to"),
     ],
 )
 def test_impossible_requests_stop_before_any_call(

@@ -28,6 +28,7 @@ import httpx
 from app.clients.github import GitHubClient
 from app.clients.github_listing import AppListing
 from app.core.secret import Secret
+from app.core.text import first_unsafe
 from app.onboarding.github_rest import Answer, CallFailed, GitHubRest, answer_of, paged, refusal, unanswered
 from app.settings import github_api_url, github_api_version, github_app_id, github_private_key, github_token
 
@@ -74,7 +75,8 @@ class EnableRequest:
             if not _REPOSITORY.fullmatch(name) or name.split("/")[1] in (".", ".."):
                 raise UsageError(f"--repo {name!r}: expected OWNER/NAME, like acme/shop")
         for environment in self.environments:
-            if not environment.strip() or len(environment) > 255 or not environment.isprintable():
+            # The same rule as for names in a delivery (app/core/text.py): the gate must be able to keep the name.
+            if not environment.strip() or len(environment) > 255 or first_unsafe(environment) is not None:
                 raise UsageError(f"--environment {environment!r}: expected a name of 1 to 255 printable characters")
 
     @property
