@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from app.core.secret import Secret
 from app.gates_report import gate_detail, gate_table
@@ -24,7 +24,7 @@ from app.http.routes import create_app
 from app.runtime import build_runtime, open_database
 from app.settings import Settings
 from app.simulators._server import LoopbackServer
-from app.simulators.github import GitHubSimulator, RecordedReview
+from app.simulators.github import DEFAULT_SHA, GitHubSimulator, RecordedReview
 from app.simulators.github_apps import new_key_pair
 from app.simulators.stacksona import StacksonaSimulator
 from app.store.engine import make_engine
@@ -132,10 +132,13 @@ def _scripted_message(s: Scenario) -> str:
 
 
 def _play(world: DemoWorld, s: Scenario) -> bool:
-    payload = world.github.open_deployment(owner=OWNER, repo=REPO, run_id=s.run_id, environment=s.environment)
+    sha = _production_history(world) if s.environment == "production" else DEFAULT_SHA
+    payload = world.github.open_deployment(owner=OWNER, repo=REPO, run_id=s.run_id, environment=s.environment, sha=sha)
     world.say(s, f"GitHub: workflow run {s.run_id} waits on environment '{s.environment}'")
     response = world.github.deliver(world.webhook_url, payload, secret=world.secret)
     world.say(s, f"webhook delivered -> HTTP {response.status_code} {response.json()}")
+    if s.environment == "production":
+        _show_reviewer_context(world, s)
     if s.environment == "api":
         again = world.github.deliver(world.webhook_url, payload, secret=world.secret)
         world.say(s, f"a second delivery for the same run -> HTTP {again.status_code} {again.json()}")
@@ -154,6 +157,34 @@ def _play(world: DemoWorld, s: Scenario) -> bool:
     ok = state == s.expected
     world.say(s, f"{'OK' if ok else 'WRONG'}: expected {s.expected}, got {state}")
     return ok
+
+
+def _production_history(world: DemoWorld) -> str:
+    """Production runs release 1.4.0; three commits since then are about to ship. Returns the new sha."""
+    history = world.github.deployments
+    released = history.commit(OWNER, REPO, "Release 1.4.0", author="release-bot")
+    history.record_deployment(OWNER, REPO, "production", released)
+    history.commit(OWNER, REPO, "Add basket totals (#41)", author="alice", files=["shop/basket.py", "shop/totals.py"])
+    history.commit(OWNER, REPO, "Merge pull request #42 from acme/fast-search\n\nFaster search", author="bob")
+    return history.commit(OWNER, REPO, "Fix typo in the footer", author="carol", files=["shop/footer.html"])
+
+
+def _show_reviewer_context(world: DemoWorld, s: Scenario) -> None:
+    """What the Stacksona reviewer reads about what would ship (the request's summary after the fixed lines)."""
+    body = _wait(
+        lambda: _first([r.body for r in world.stacksona.requests if _environment_of(r.body) == s.environment]),
+        WAIT_SECONDS,
+    )
+    if body is None:
+        return
+    world.say(s, "Stacksona asked; the reviewer reads:")
+    for line in body.get("summary", [])[5:]:
+        world.say(s, f"  | {line}")
+
+
+def _environment_of(body: dict[str, Any] | None) -> object:
+    payload = body.get("payload") if body else None
+    return payload.get("environment") if isinstance(payload, dict) else None
 
 
 def _review(world: DemoWorld, s: Scenario) -> bool:

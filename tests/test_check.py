@@ -206,8 +206,10 @@ def test_without_contents_read_the_app_works_so_it_is_a_warning(settings: Settin
     github.app.registered.permissions = {p: lvl for p, lvl in DEFAULT_PERMISSIONS.items() if p != "contents"}
     lines = github_lines(settings)
     assert str(lines[1]) == (
-        "warn App lacks contents: read: repositories' .github/stacksona-gate.yml files are not read, the central "
-        f"policy alone decides; grant it at {settings.github_web_url}{APP_PAGE}/permissions"
+        "warn App lacks contents: read: reviewers get no change list (what would ship since the last successful "
+        "deployment: commits, pull requests, files, rollback warnings) and repositories' .github/stacksona-gate.yml "
+        f"files are not read, the central policy alone decides; grant it at {settings.github_web_url}{APP_PAGE}"
+        "/permissions"
     )
     assert all_passed(lines)
 

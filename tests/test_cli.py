@@ -33,6 +33,9 @@ def test_demo_walks_every_outcome_and_exits_zero(capsys: pytest.CaptureFixture[s
     assert out.count("OK: expected") == 5
     assert "demo: all outcomes as expected" in out
     assert "approval tokens validated: 1" in out
+    # The production reviewer reads what would ship since production's last successful deployment.
+    assert "the reviewer reads:" in out and "| Would ship to production: 3 commits, 4 files changed since" in out
+    assert "| Pull requests shipped: #41 Add basket totals, #42 Faster search" in out
 
 
 @pytest.mark.parametrize("command", ["serve", "web", "worker"])

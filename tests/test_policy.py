@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -622,3 +623,58 @@ def test_a_multi_line_preview_and_tabs_in_summary_lines_are_kept() -> None:
     text = 'environments:\n  production:\n    summary: ["Runs\\tmigration 42"]\n    preview: "line one\\nline two"\n'
     entry = parse_repository_file(text).entry_for("production")
     assert entry is not None and entry.preview == "line one\nline two" and entry.summary == ("Runs migration 42",)
+
+
+# --- The change list switch (change_summary) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "on"),
+    [
+        ("", True),
+        ("defaults:\n  change_summary: false\n", False),
+        ('rules:\n  - environment: "prod*"\n    change_summary: false\n', False),
+        ('defaults:\n  change_summary: false\nrules:\n  - environment: "prod*"\n    change_summary: true\n', True),
+        ('defaults:\n  change_summary: false\nrules:\n  - environment: "prod*"\n    risk_level: high\n', False),
+    ],
+)
+def test_the_central_policy_turns_the_change_list_on_and_off(text: str, on: bool) -> None:
+    assert resolve(parse_central_policy(text, "p"), "a/b", "production").change_summary is on
+
+
+def test_the_change_list_switch_is_a_flag() -> None:
+    with pytest.raises(PolicyError, match=r"p:2: defaults.change_summary must be true or false \(got 'no'\)"):
+        parse_central_policy("defaults:\n  change_summary: 'no'\n", "p")
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted", "on", "words"),
+    [
+        (True, None, True, None),
+        (True, True, True, None),
+        (True, False, False, f"{REPOSITORY_FILE} turned the change list off"),
+        (False, None, False, None),
+        (False, False, False, None),
+        (False, True, False, "change_summary true ignored, the central policy turned the change list off"),
+    ],
+)
+def test_a_repository_may_turn_its_change_list_off_never_on(
+    current: bool, wanted: bool | None, on: bool, words: str | None
+) -> None:
+    got = tighten(gate_policy(change_summary=current), RepoEntry(change_summary=wanted))
+    assert got.change_summary is on
+    assert [words in n for n in got.notes] == ([True] if words else [])
+
+
+def test_the_repository_file_reads_change_summary() -> None:
+    entry = parse_repository_file("environments:\n  production:\n    change_summary: false\n").entry_for("Production")
+    assert entry is not None and entry.change_summary is False
+    with pytest.raises(PolicyError, match="change_summary must be true or false"):
+        parse_repository_file("environments:\n  production:\n    change_summary: off-ish\n")
+
+
+def test_a_policy_stored_before_the_switch_existed_keeps_the_change_list() -> None:
+    fields = json.loads(resolve(Policy(), "a/b", "production").to_json())
+    del fields["change_summary"]
+    loaded = GatePolicy.from_json(json.dumps(fields))
+    assert loaded is not None and loaded.change_summary is True

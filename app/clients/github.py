@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -270,6 +270,24 @@ class GitHubClient:
         # No answer to the token mint means the call itself was never sent.
         minting = _failed_path(exc).endswith("/access_tokens")
         return GitHubAnswer(None, None, f"GitHub {kind}" + (" minting a token" if minting else ""), minting)
+
+    def installation_get(
+        self, installation_id: int, path: str, params: Mapping[str, str | int], *, timeout: float
+    ) -> tuple[GitHubAnswer, object, str]:
+        """`GET {api}/{path}` with the installation's token; every wait (token mint included) ends after `timeout` s.
+
+        Returns the answer, the raw JSON of a 2xx (else None) and the `Link` header ("" when none).
+        """
+        # Same pool and token cache (both live in the config), a shorter timeout.
+        auth, config = self._github.auth.as_installation(installation_id), self._github.config
+        bounded = GitHub(auth, config=replace(config, timeout=httpx.Timeout(timeout)))
+        try:
+            with expecting(404, 422):  # an unknown commit, a repository without that history
+                response = bounded.request("GET", path, params=dict(params), headers=self._version_header)
+        except GitHubException as exc:
+            return self._answer_from(exc), None, ""
+        raw = response.raw_response
+        return answer_from_success(raw), json_or_none(raw) if raw.is_success else None, raw.headers.get("Link", "")
 
 
 def _failed_path(exc: GitHubException) -> str:

@@ -59,6 +59,7 @@ class Fields:
     workflow_name: str | None = None
     deadline_seconds: float | None = None
     require_approval_token: bool | None = None
+    change_summary: bool | None = None
 
     def over(self, base: Fields) -> Fields:
         """These fields where set, `base`'s elsewhere."""
@@ -108,6 +109,8 @@ class GatePolicy:
     summary: tuple[str, ...] = ()  # reviewer context from the repository file
     preview: str = ""
     notes: tuple[str, ...] = field(default=())  # what the repository file changed, or why not
+    # Reviewers see what would ship (app/core/changes.py); a policy stored before this existed reads True.
+    change_summary: bool = True
 
     @property
     def dry_run(self) -> bool:
@@ -161,6 +164,7 @@ def resolve(policy: Policy, repository: str, environment: str, fallback: Fallbac
         # STACKSONA_REQUIRE_APPROVAL_TOKEN=true is a floor: a policy file copied from an example
         # that says `require_approval_token: false` must not quietly turn it off.
         require_approval_token=bool(chosen.require_approval_token) or fallback.require_approval_token,
+        change_summary=chosen.change_summary is not False,
         matched=rule.name if rule else (f"the defaults of {policy.source}" if policy.source else "built-in defaults"),
     )
 
@@ -195,7 +199,15 @@ def _legacy_rule(environment: str, rule: object) -> Rule:
 
 # --- Reading the file -------------------------------------------------------------------------
 
-_FIELD_KEYS = ("mode", "risk_level", "tool_name", "workflow_name", "deadline", "require_approval_token")
+_FIELD_KEYS = (
+    "mode",
+    "risk_level",
+    "tool_name",
+    "workflow_name",
+    "deadline",
+    "require_approval_token",
+    "change_summary",
+)
 _RULE_KEYS = ("environment", "repository", *_FIELD_KEYS)
 
 
@@ -277,4 +289,5 @@ _READERS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "workflow_name": ("workflow_name", read_name),
     "deadline": ("deadline_seconds", read_deadline),
     "require_approval_token": ("require_approval_token", read_flag),
+    "change_summary": ("change_summary", read_flag),
 }

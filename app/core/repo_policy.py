@@ -26,7 +26,7 @@ MAX_FILE_BYTES = 64 * 1024
 MAX_SUMMARY_LINES = 20
 MAX_SUMMARY_LINE = 500
 MAX_PREVIEW = 4000
-_ENTRY_KEYS = ("risk_level", "require_approval_token", "deadline", "summary", "preview")
+_ENTRY_KEYS = ("risk_level", "require_approval_token", "deadline", "summary", "preview", "change_summary")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class RepoEntry:
     deadline_seconds: float | None = None
     summary: tuple[str, ...] = ()
     preview: str = ""
+    change_summary: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def _entry(doc: Located, path: Path, data: object) -> RepoEntry:
         deadline_seconds=_read(doc, path, data, "deadline", read_deadline),
         summary=_read(doc, path, data, "summary", _summary) or (),
         preview=_read(doc, path, data, "preview", _preview) or "",
+        change_summary=_read(doc, path, data, "change_summary", read_flag),
     )
 
 
@@ -115,13 +117,14 @@ def _plain(text: str, *, allowed: str) -> None:
 
 
 def tighten(policy: GatePolicy, entry: RepoEntry | None) -> GatePolicy:
-    """The repository's entry applied where it makes the gate stricter; each change or refusal is a note."""
+    """The repository's entry where it makes the gate stricter, or keeps its change list out; each is a note."""
     if entry is None:
         return policy
     notes = list(policy.notes)
     risk = _stricter_risk(policy.risk_level, entry.risk_level, notes)
     token = _stricter_token(policy.require_approval_token, entry.require_approval_token, notes)
     deadline = _shorter_deadline(policy.deadline_seconds, entry.deadline_seconds, notes)
+    change_summary = _change_summary(policy.change_summary, entry.change_summary, notes)
     return replace(
         policy,
         risk_level=risk,
@@ -130,6 +133,7 @@ def tighten(policy: GatePolicy, entry: RepoEntry | None) -> GatePolicy:
         summary=policy.summary + entry.summary,
         preview=entry.preview or policy.preview,
         notes=tuple(notes),
+        change_summary=change_summary,
     )
 
 
@@ -161,6 +165,21 @@ def _shorter_deadline(current: float, wanted: float | None, notes: list[str]) ->
         notes.append(f"{REPOSITORY_FILE} shortened the deadline from {was} to {asked}")
         return wanted
     notes.append(f"{REPOSITORY_FILE}: deadline {asked} ignored, a repository may only shorten it (stays {was})")
+    return current
+
+
+def _change_summary(current: bool, wanted: bool | None, notes: list[str]) -> bool:
+    """A repository may keep its change list out of the request (as when it cannot be read), never add one.
+
+    Turning it off loosens no rule: Stacksona gets no `rollback` key either way, as when GitHub does
+    not answer. Turning it on where the central policy keeps commit titles away from Stacksona is refused.
+    """
+    if wanted is None or wanted == current:
+        return current
+    if not wanted:
+        notes.append(f"{REPOSITORY_FILE} turned the change list off")
+        return False
+    notes.append(f"{REPOSITORY_FILE}: change_summary true ignored, the central policy turned the change list off")
     return current
 
 

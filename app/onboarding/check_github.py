@@ -83,7 +83,11 @@ def skipped_without_app(subject: str) -> Line:
 
 # Permissions app.yml asks for that the App can do without, and what is lost without them.
 OPTIONAL = {
-    "contents": "repositories' .github/stacksona-gate.yml files are not read, the central policy alone decides",
+    "contents": (
+        "reviewers get no change list (what would ship since the last successful deployment: commits, pull "
+        "requests, files, rollback warnings) and repositories' .github/stacksona-gate.yml files are not read, "
+        "the central policy alone decides"
+    ),
 }
 
 

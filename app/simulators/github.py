@@ -23,6 +23,7 @@ from app.simulators.github_apps import AppRegistry, SimApp, SimInstallation, hoo
 from app.simulators.github_auth import AppAuth
 from app.simulators.github_contents import CONTENTS_ENDPOINT, RepositoryContents
 from app.simulators.github_deliveries import GHES_REDELIVERY_WINDOW, REDELIVERY_WINDOW, RecordedDelivery
+from app.simulators.github_deployments import DEPLOYMENT_ENDPOINTS, DeploymentHistory, deployment_rules
 from app.simulators.github_environments import ENVIRONMENT_ENDPOINTS, RepositoryBook, RuleApp
 from app.simulators.github_hooks import AppHooks
 from app.simulators.github_install import INSTALL_ENDPOINTS, InstallPage, install_rules
@@ -49,7 +50,7 @@ __all__ = [
     "RecordedReview",
 ]
 
-GitHubRoute = Literal["token", "review", "deliveries", "run", "app", "environments", "contents"]
+GitHubRoute = Literal["token", "review", "deliveries", "run", "app", "environments", "contents", "deployments"]
 DEFAULT_SHA = "9fceb02d0ae598e95dc970b74767f19372d61af8"
 DOTCOM_API_VERSIONS = ("2022-11-28", "2026-03-10")
 GHES_API_VERSIONS = ("2022-11-28",)
@@ -69,6 +70,7 @@ _ROUTE_OF: dict[str, GitHubRoute] = {
     "hook_config": "app",
     **dict.fromkeys(ENVIRONMENT_ENDPOINTS, "environments"),
     CONTENTS_ENDPOINT: "contents",
+    **dict.fromkeys(DEPLOYMENT_ENDPOINTS, "deployments"),
 }
 
 
@@ -101,6 +103,7 @@ def _url_map(prefix: str) -> Map:
             *manifest_rules(prefix),
             *install_rules(),
             Rule(f"{prefix}/repos/<owner>/<repo>/contents/<path:path>", endpoint=CONTENTS_ENDPOINT, methods=["GET"]),
+            *deployment_rules(prefix),
         ]
     )
 
@@ -140,7 +143,7 @@ class GitHubSimulator(SimulatorBase):
         self._api_versions = frozenset(api_versions or (GHES_API_VERSIONS if self._ghes else DOTCOM_API_VERSIONS))
         self._lock = threading.Lock()
         self._faults = FaultPlan(
-            ("token", "review", "deliveries", "run", "app", "environments", "contents"),
+            ("token", "review", "deliveries", "run", "app", "environments", "contents", "deployments"),
             lambda s: {"message": status_phrase(s)},
         )
         self._hooks = AppHooks(
@@ -162,6 +165,8 @@ class GitHubSimulator(SimulatorBase):
         self._reviews = ReviewLog()
         # Files on repositories' branches (GET …/contents/{path}): tests set them, deny access, read the requests.
         self.contents = RepositoryContents(self._auth, self._can_see)
+        # Deployments, their statuses and the commit graph (compare, a commit's pull requests): tests seed them.
+        self.deployments = DeploymentHistory(self._auth, self._can_see, lambda: self.url)
         self._token_requests: list[int] = []
         self._next_deployment_id = 1_000_001
         super().__init__(_url_map(self._prefix), port)
@@ -204,6 +209,8 @@ class GitHubSimulator(SimulatorBase):
         with self._lock:
             deployment_id = self._next_deployment_id
             self._next_deployment_id += 1
+        # GitHub lists the waiting job's deployment among the environment's deployments, with no status yet.
+        self.deployments.add_deployment(owner, repo, deployment_id, environment, sha, ref, state=None)
         web = self._server.base_url if self._prefix else "https://github.com"
         where = RepoRef(self.url, web, owner, repo, repository_id)
         self._runs.wait(where, run_id, environment, installation_id=installation_id, event=event, sha=sha, ref=ref)
@@ -325,6 +332,8 @@ class GitHubSimulator(SimulatorBase):
             return self._issue_token(request, int(args["installation_id"]))
         if endpoint == "run":
             return self._get_run(request, str(args["owner"]), str(args["repo"]), int(args["run_id"]))
+        if endpoint in DEPLOYMENT_ENDPOINTS:
+            return self.deployments.answer(endpoint, request, str(args["owner"]), str(args["repo"]), dict(args))
         if endpoint == CONTENTS_ENDPOINT:
             return self.contents.answer(request, str(args["owner"]), str(args["repo"]), str(args["path"]), self.url)
         if endpoint in APP_INFO_ENDPOINTS:

@@ -13,8 +13,10 @@ from dataclasses import replace
 from typing import Any
 
 from app.clients.github import ReviewState, RunTarget
+from app.clients.github_changes import ChangeReader
 from app.clients.stacksona import StacksonaCallFailed
 from app.core import comments, dry_run, review, transitions
+from app.core.changes import ChangeContext, Unavailable
 from app.core.decision import (
     Adopt,
     AwaitReview,
@@ -85,7 +87,7 @@ def _create(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
     if isinstance(settled, Change):
         return settled
     gate, policy, fresh = settled
-    request = build_decision_request(gate, policy, svc.settings.github_web_url)
+    request = build_decision_request(gate, policy, svc.settings.github_web_url, _what_would_ship(gate, policy, svc))
     # The policy is stored with the mark: a later attempt (even after a crash) asks and decides by it.
     if not checkpoint({"request_sent_at": svc.clock(), "policy": gate.policy, "deadline_at": gate.deadline_at}):
         raise LeaseLost(f"gate {gate.id}: lease lost before creating the Stacksona request")
@@ -96,6 +98,13 @@ def _create(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
     else:
         change = _after_answer(gate, answer, svc, checkpoint)
     return _with_story(change, policy) if fresh else change
+
+
+def _what_would_ship(gate: Gate, policy: GatePolicy, svc: Services) -> ChangeContext:
+    """Bounded and never raising: the request goes out with the change list or a line saying why not."""
+    if not policy.change_summary:
+        return Unavailable("turned off by the policy (change_summary: false)")
+    return ChangeReader(svc.github, gate, states=svc.deployment_states).read()
 
 
 def _settle_policy(gate: Gate, svc: Services) -> tuple[Gate, GatePolicy, bool] | Change:
