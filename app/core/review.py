@@ -78,13 +78,21 @@ def alert_for(reading: Reading, answer: GitHubAnswer, api_version: str) -> str |
         )
     if reading is not Reading.CREDENTIALS_FAULT:
         return None
-    if answer.status_code == 401:
+    if answer.status_code == 401 and _names_jwt_time_claim(answer.detail):
+        fix = "this machine's clock is off (GitHub checks the App JWT's iat and exp against its own): sync it (NTP)"
+    elif answer.status_code == 401:
         fix = "check GITHUB_APP_ID and the private key (it must be this App's, not revoked) and the clock"
     elif answer.status_code == 403:
         fix = "the App may be suspended, or lacks a permission (Deployments: read and write, Actions: read)"
     else:
         fix = "the App is no longer installed on this repository's account"
     return f"GitHub refused an installation token ({answer.detail}): {fix}"
+
+
+def _names_jwt_time_claim(detail: str) -> bool:
+    # GitHub's 401s for a skewed clock name the claim: "'Issued at' claim ('iat') must be an Integer
+    # representing a time in the past", "'Expiration time' claim ('exp') is too far in the future".
+    return "('iat')" in detail or "('exp')" in detail
 
 
 def after_status_report(
