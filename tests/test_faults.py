@@ -232,7 +232,7 @@ UNUSABLE: dict[tuple[str, str], str] = {
     # A token whose body cannot be read is retried like a timeout (nothing was sent with it).
     **{("token", fault): "approved" for fault in UNUSABLE_ANSWERS},
     # A refusal nobody documented fails closed (Stacksona is not asked); a 200 whose body cannot be read
-    # is a garbled answer, retried like one (see REPO_FILE_UNREADABLE_BODY).
+    # is a garbled answer, retried like one.
     ("file", "unknown-status"): "rejected",
     ("file", "malformed-json"): "approved",
     ("file", "truncated-json"): "approved",
@@ -324,19 +324,11 @@ def expected_outcome(route: str, fault: str) -> str:
 GITHUBKIT_RETRY_AFTER_DATE = pytest.mark.xfail(
     strict=True, reason="githubkit int()s Retry-After: needs the _PooledTransport fix in app/clients/github.py"
 )
-# A 200 from the contents API whose body is not JSON reads as "the file is a directory" and rejects the
-# deployment without asking Stacksona, for a reason that is not true. The fix belongs in
-# app/core/repo_policy.py (`_decoded`: no JSON at all is a FileRetry, only a list is a directory).
-REPO_FILE_UNREADABLE_BODY = pytest.mark.xfail(
-    strict=True, reason="repo_policy reads an unreadable 200 as a directory: needs the fix in app/core/repo_policy.py"
-)
 
 
 def marks_for(route: str, fault: str) -> list[pytest.MarkDecorator]:
     if fault == "429-http-date" and route in GITHUB_ROUTES_RETRIED:
         return [GITHUBKIT_RETRY_AFTER_DATE]
-    if route == "file" and fault in ("malformed-json", "truncated-json"):
-        return [REPO_FILE_UNREADABLE_BODY]
     return []
 
 

@@ -437,7 +437,7 @@ ANSWERS: list[tuple[GitHubAnswer, object, type]] = [
     (GitHubAnswer(200), {"type": "file", "encoding": "none", "content": ""}, FileUnusable),  # over 1 MB
     (GitHubAnswer(200), file_body(b"x" * (MAX_FILE_BYTES + 1)), FileUnusable),
     (GitHubAnswer(200), file_body(b"\xff\xfe not utf-8"), FileUnusable),
-    (GitHubAnswer(200), None, FileUnusable),
+    (GitHubAnswer(200), None, FileRetry),  # a body that is not JSON: garbled on the way, asked again
 ]
 
 

@@ -244,6 +244,9 @@ def _rate_limited(answer: GitHubAnswer) -> bool:
 
 
 def _decoded(body: object) -> FileRead:
+    if body is None:  # a 2xx whose body is not JSON (a proxy's page, a cut-short answer): garbled, not a directory
+        return FileRetry(f"GitHub's answer about {REPOSITORY_FILE} could not be read", None, None)
+    # GitHub answers a directory's path with a list of its entries.
     fields = body if isinstance(body, Mapping) else {}
     kind = fields.get("type") if isinstance(body, Mapping) else "directory"
     if kind != "file":
