@@ -19,9 +19,20 @@ from sqlalchemy import (
     Table,
     Text,
     false,
+    text,
 )
 
+from app.core.gate import OPEN_STATES
+
 metadata = MetaData()
+_OPEN = "state IN ({})".format(", ".join(f"'{state}'" for state in OPEN_STATES))
+
+
+def _partial_index(name: str, column: str, predicate: str) -> Index:
+    """An index of the rows matching `predicate` only, on both backends."""
+    where = text(predicate)
+    return Index(name, column, sqlite_where=where, postgresql_where=where)
+
 
 gates = Table(
     "gates",
@@ -81,9 +92,13 @@ gates = Table(
     # steps keep it across restarts and policy changes (see app/core/policy.py).
     Column("policy", Text, nullable=True),
     Column("last_error", Text, nullable=True),
-    Index("ix_gates_due", "state", "next_attempt_at"),
-    Index("ix_gates_thread_id", "thread_id"),
-    Index("ix_gates_run", "repository_id", "run_id", "environment"),
+    # How a claim finds due gates without reading waiting or closed ones (migration 0007 says why they differ).
+    Index("ix_gates_due", "state", "next_attempt_at").ddl_if(dialect="sqlite"),
+    Index("ix_gates_due", "next_attempt_at", postgresql_where=text(_OPEN)).ddl_if(dialect="postgresql"),
+    _partial_index("ix_gates_thread_id", "thread_id", "thread_id IS NOT NULL"),
+    Index("ix_gates_run", "run_id"),
+    # Pruning finds old closed gates without reading open ones (on SQLite through ix_gates_due).
+    _partial_index("ix_gates_closed", "closed_at", "closed_at IS NOT NULL").ddl_if(dialect="postgresql"),
 )
 
 gate_history = Table(

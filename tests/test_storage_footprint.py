@@ -1,0 +1,190 @@
+"""Migration 0007 (leaner gate indexes) on a populated database, and the queries that rely on its indexes.
+
+Every test runs on SQLite and (when configured) PostgreSQL. docs/benchmarks.md (B4) has the figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, event, inspect, select
+
+from app.core.gate import Change, DeploymentRequest, GateState
+from app.store import Store, migrations
+from app.store.engine import make_engine, migrate
+from app.store.maintenance import Maintenance
+from app.store.schema import gates
+from tests.support.clock import FakeClock
+from tests.support.postgres import throwaway_schema_url
+
+START = 1_700_000_000.0
+LATER = START + 86_400.0
+INDEXES_0006 = {
+    "ix_gates_due": ["state", "next_attempt_at"],
+    "ix_gates_run": ["repository_id", "run_id", "environment"],
+    "ix_gates_thread_id": ["thread_id"],
+}
+INDEXES_0007 = {"ix_gates_run": ["run_id"], "ix_gates_thread_id": ["thread_id"]}
+# SQLite keeps its claim index (migration 0007 says why); PostgreSQL's holds open gates only.
+CLAIM_INDEXES_0007 = {
+    "sqlite": {"ix_gates_due": ["state", "next_attempt_at"]},
+    "postgresql": {"ix_gates_due": ["next_attempt_at"], "ix_gates_closed": ["closed_at"]},
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def blank(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty database of each supported kind, not migrated yet."""
+    with _database_url(request.param, tmp_path) as url:
+        engine = make_engine(url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
+@contextmanager
+def _database_url(kind: str, tmp_path: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gates.db'}"
+    else:
+        with throwaway_schema_url() as url:
+            yield url
+
+
+def move_to(engine: Engine, revision: str, *, down: bool = False) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
+def gate_indexes(engine: Engine) -> dict[str, list[str]]:
+    """The named indexes (not those PostgreSQL reports for unique constraints)."""
+    found = inspect(engine).get_indexes("gates")
+    return {str(i["name"]): list(i["column_names"]) for i in found if str(i["name"]).startswith("ix_")}
+
+
+def indexes_0007(engine: Engine) -> dict[str, list[str]]:
+    return INDEXES_0007 | CLAIM_INDEXES_0007[engine.dialect.name]
+
+
+def request_for(run_id: int) -> DeploymentRequest:
+    return DeploymentRequest(
+        1000, "acme", "shop", 1, run_id, "production", "push", "main", "a" * 40, "octocat", (), None
+    )
+
+
+def populate(store: Store) -> dict[str, list[int]]:
+    """Twelve gates: new (due), awaiting a reviewer (due tomorrow), closed. Returns their ids by kind."""
+    ids = [store.deliveries.accept(f"guid-{n}", request_for(n), deadline_seconds=7 * 86400)[0] for n in range(12)]
+    for gate in store.gates.claim_due("w1", limit=8, lease_seconds=60):
+        if gate.id in ids[:4]:
+            change = Change(GateState.APPROVED, "approved", {"verdict": GateState.APPROVED})
+        else:
+            change = Change(
+                GateState.AWAITING_REVIEW, "asked", {"thread_id": f"thr-{gate.id}", "next_attempt_at": LATER}
+            )
+        assert store.gates.apply(gate, change) is not None
+    return {"closed": ids[:4], "waiting": ids[4:8], "new": ids[8:]}
+
+
+def all_gates(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(select(gates).order_by(gates.c.id))]
+
+
+def test_0007_keeps_every_gate_and_what_the_queue_finds_on_a_populated_database(blank: Engine) -> None:
+    move_to(blank, "0006")
+    clock = FakeClock(START)
+    store = Store.open(blank, clock)
+    kinds = populate(store)
+    before = all_gates(blank)
+    assert gate_indexes(blank) == INDEXES_0006
+
+    migrate(blank)
+
+    assert gate_indexes(blank) == indexes_0007(blank)
+    assert all_gates(blank) == before
+    assert [g.id for g in store.gates.claim_due("w2", limit=20, lease_seconds=60)] == kinds["new"]
+    woken = store.gates.wake(thread_id=f"thr-{kinds['waiting'][0]}", task_id=None)
+    assert woken is not None and woken.id == kinds["waiting"][0]
+    clock.advance(3600)
+    assert Maintenance(blank, clock).prune_closed(older_than_seconds=60).gates == len(kinds["closed"])
+
+
+def test_0007_downgrades_to_the_indexes_it_replaced_and_upgrades_again(blank: Engine) -> None:
+    migrate(blank)
+    populate(Store.open(blank, FakeClock(START)))
+    move_to(blank, "0006", down=True)
+    assert gate_indexes(blank) == INDEXES_0006
+    migrate(blank)
+    assert gate_indexes(blank) == indexes_0007(blank)
+
+
+def test_a_claim_reads_due_open_gates_only(engine: Engine) -> None:
+    store = Store.open(engine, FakeClock(START))
+    plan = query_plan(engine, "FROM gates", lambda: store.gates.claim_due("w1", limit=1, lease_seconds=60))
+    if engine.dialect.name == "sqlite":
+        # One range per open state; SQLite stops each range at its first row (ORDER BY ... LIMIT).
+        assert "USING INDEX ix_gates_due (state=? AND next_attempt_at<?)" in plan, plan
+    else:
+        assert "Index Scan using ix_gates_due" in plan and "Sort" not in plan, plan
+
+
+def test_pruning_finds_old_closed_gates_without_reading_open_ones(engine: Engine) -> None:
+    maintenance = Maintenance(engine, FakeClock(START))
+    plan = query_plan(engine, "closed_at", lambda: maintenance.prune_closed(older_than_seconds=60))
+    if engine.dialect.name == "sqlite":
+        assert "USING INDEX ix_gates_due (state=?)" in plan, plan
+    else:
+        assert "ix_gates_closed" in plan, plan
+
+
+def test_a_late_duplicate_of_an_answered_deployment_is_found_by_its_run(engine: Engine) -> None:
+    store = Store.open(engine, FakeClock(START))
+    answered = replace(request_for(5), deployment_id=77)
+    store.deliveries.accept("guid-first", answered, deadline_seconds=3600)
+    (gate,) = store.gates.claim_due("w1", limit=1, lease_seconds=60)
+    store.gates.apply(gate, Change(GateState.APPROVED, "approved", {"verdict": GateState.APPROVED}))
+    plan = query_plan(
+        engine, "deployment_id", lambda: store.deliveries.accept("guid-late", answered, deadline_seconds=60)
+    )
+    assert "ix_gates_run" in plan, plan
+
+
+def query_plan(engine: Engine, marker: str, run: Callable[[], object]) -> str:
+    """The plan of the first SELECT `run` sends that contains `marker`, with the parameters it was sent with.
+
+    PostgreSQL plans a table this small with a sequential scan whatever its indexes: the
+    scan is priced out, so the plan shows whether an index can serve the query at all.
+    """
+    sent: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().startswith("SELECT") and marker in statement:
+            sent.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        run()
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    statement, parameters = sent[0]
+    with engine.begin() as conn:
+        return _explain(conn, statement, parameters)
+
+
+def _explain(conn: Connection, statement: str, parameters: Any) -> str:
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        return "\n".join(conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars())
+    return "\n".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters))
