@@ -186,6 +186,7 @@ def test_without_contents_permission_comparisons_are_forbidden(github: GitHubSim
     assert response.status_code == 403 and response.json()["message"] == "Resource not accessible by integration"
     assert get(github, token, f"commits/{head}/pulls").status_code == 403
     assert get(github, token, "deployments").status_code == 200  # deployments: read is covered by write
+    assert get(github, token, "contents/README.md").status_code == 403  # the same switch as contents.deny
 
 
 def test_a_repository_another_installation_owns_is_not_found(github: GitHubSimulator, token: str) -> None:

@@ -21,7 +21,7 @@ from app.simulators._server import (
 from app.simulators.github_app_info import APP_INFO_ENDPOINTS, AppInfo
 from app.simulators.github_apps import AppRegistry, SimApp, SimInstallation, hook_id_of, load_public_key
 from app.simulators.github_auth import AppAuth
-from app.simulators.github_contents import CONTENTS_ENDPOINT, RepositoryContents
+from app.simulators.github_contents import CONTENTS_ENDPOINT, ContentsPermission, RepositoryContents
 from app.simulators.github_deliveries import GHES_REDELIVERY_WINDOW, REDELIVERY_WINDOW, RecordedDelivery
 from app.simulators.github_deployments import DEPLOYMENT_ENDPOINTS, DeploymentHistory, deployment_rules
 from app.simulators.github_environments import ENVIRONMENT_ENDPOINTS, RepositoryBook, RuleApp
@@ -163,10 +163,12 @@ class GitHubSimulator(SimulatorBase):
             on_install=lambda _app, installation: self._repositories.install(installation.account, installation.id),
         )
         self._reviews = ReviewLog()
+        # GitHub grants `contents: read` per installation: one denial covers files, compare and commit pulls.
+        contents_permission = ContentsPermission()
         # Files on repositories' branches (GET …/contents/{path}): tests set them, deny access, read the requests.
-        self.contents = RepositoryContents(self._auth, self._can_see)
+        self.contents = RepositoryContents(self._auth, self._can_see, contents_permission)
         # Deployments, their statuses and the commit graph (compare, a commit's pull requests): tests seed them.
-        self.deployments = DeploymentHistory(self._auth, self._can_see, lambda: self.url)
+        self.deployments = DeploymentHistory(self._auth, self._can_see, lambda: self.url, contents_permission)
         self._token_requests: list[int] = []
         self._next_deployment_id = 1_000_001
         super().__init__(_url_map(self._prefix), port)

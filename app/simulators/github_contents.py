@@ -5,7 +5,9 @@ is silent, the least forgiving reading:
 
 * Only a live installation token of an installation that can see the repository reads it
   (401 "Bad credentials" otherwise; 404 for a repository it cannot see).
-* An installation without `contents: read` gets 403 "Resource not accessible by integration".
+* An installation without `contents: read` gets 403 "Resource not accessible by integration". On GitHub
+  that is one fact about the installation, so `ContentsPermission` is shared with the comparison and
+  commit-pulls routes (app/simulators/github_deployments.py), which need the same permission.
 * Without `ref`, the repository's default branch is read; an unknown `ref` is 404 "No commit
   found for the ref …"; a missing file is 404 "Not Found".
 * A file comes back as GitHub's `content-file` object: base64 in lines of 60 characters; a
@@ -26,7 +28,7 @@ from werkzeug.wrappers import Request, Response
 from app.simulators._server import json_response
 from app.simulators.github_auth import AppAuth
 
-__all__ = ["CONTENTS_ENDPOINT", "ContentRequest", "RepositoryContents"]
+__all__ = ["CONTENTS_ENDPOINT", "ContentRequest", "ContentsPermission", "RepositoryContents"]
 
 CONTENTS_ENDPOINT = "contents"
 _DOCS = "https://docs.github.com/rest/repos/contents#get-repository-content"
@@ -46,15 +48,34 @@ class ContentRequest:
 class _Repository:
     default_branch: str = "main"
     branches: dict[str, dict[str, bytes]] = field(default_factory=dict)  # branch -> path -> bytes
-    contents_denied: bool = False
+
+
+class ContentsPermission:
+    """The repositories whose installation has not been granted `contents: read`, for every route needing it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._denied: set[tuple[str, str]] = set()
+
+    def deny(self, owner: str, repo: str, denied: bool = True) -> None:
+        with self._lock:
+            if denied:
+                self._denied.add((owner.lower(), repo.lower()))
+            else:
+                self._denied.discard((owner.lower(), repo.lower()))
+
+    def allows(self, owner: str, repo: str) -> bool:
+        with self._lock:
+            return (owner.lower(), repo.lower()) not in self._denied
 
 
 class RepositoryContents:
     """Branches and files per repository; tests set them, the App reads them through the REST route."""
 
-    def __init__(self, auth: AppAuth, can_see: Callable[[int, str, str], bool]) -> None:
+    def __init__(self, auth: AppAuth, can_see: Callable[[int, str, str], bool], permission: ContentsPermission) -> None:
         self._auth = auth
         self._can_see = can_see
+        self._permission = permission
         self._lock = threading.Lock()
         self._repositories: dict[tuple[str, str], _Repository] = {}
         self._requests: list[ContentRequest] = []
@@ -78,9 +99,8 @@ class RepositoryContents:
             repository.branches.setdefault(branch, {})
 
     def deny(self, owner: str, repo: str, denied: bool = True) -> None:
-        """The installation has not been granted `contents: read` on this repository (403)."""
-        with self._lock:
-            self._repository(owner, repo).contents_denied = denied
+        """The installation has not been granted `contents: read` on this repository: 403 on every route needing it."""
+        self._permission.deny(owner, repo, denied)
 
     @property
     def requests(self) -> list[ContentRequest]:
@@ -100,10 +120,10 @@ class RepositoryContents:
             return _error(401, "Bad credentials", "https://docs.github.com/rest")
         if not self._can_see(installation_id, owner, repo):
             return _error(404, "Not Found")
+        if not self._permission.allows(owner, repo):
+            return _error(403, "Resource not accessible by integration")
         with self._lock:
             repository = self._repositories.get((owner.lower(), repo.lower()), _Repository())
-            if repository.contents_denied:
-                return _error(403, "Resource not accessible by integration")
             branch = ref or repository.default_branch
             files = dict(repository.branches.get(branch, {}))
         if ref is not None and ref not in repository.branches:
