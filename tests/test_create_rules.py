@@ -33,6 +33,8 @@ def test_a_create_that_may_have_arrived_is_looked_up_first(request_sent_at: floa
 
 
 FOUND = StacksonaAnswer("pending_review", "thr_1", "task-1")
+# A lookup long after the marked create: only the answer matters.
+SETTLED = {"sent_at": 0.0, "now": CREATE_SETTLE_SECONDS}
 
 
 @pytest.mark.parametrize(
@@ -59,18 +61,39 @@ FOUND = StacksonaAnswer("pending_review", "thr_1", "task-1")
     ],
 )
 def test_what_the_lookup_answer_means(found: StacksonaFailure, expected: type) -> None:
-    assert type(after_lookup(found)) is expected
+    assert type(after_lookup(found, **SETTLED)) is expected
 
 
 @pytest.mark.parametrize("status", ["pending_review", "allow", "reject", "approved", "rejected", "escalated", ""])
 def test_a_decision_found_is_adopted_as_it_is(status: str) -> None:
     """Its thread and status then go through `decide`, like a create's answer."""
     answer = StacksonaAnswer(status, "thr_1", "task-1")
-    assert after_lookup(answer) == Adopt(answer)
+    assert after_lookup(answer, **SETTLED) == Adopt(answer)
+
+
+@pytest.mark.parametrize(
+    ("found", "since_sent", "expected"),
+    [
+        # The create marked 20 s ago may still be running at Stacksona (its worker was killed mid-call).
+        (StacksonaFailure("http", 404), 20.0, Retry),
+        (StacksonaFailure("empty"), 0.0, Retry),
+        (StacksonaFailure("http", 404), CREATE_SETTLE_SECONDS, SendCreate),
+        (StacksonaFailure("empty"), CREATE_SETTLE_SECONDS + 1, SendCreate),
+        # A task found is adopted at once, however recent the create.
+        (StacksonaAnswer("allow", "thr_1", "task-1"), 0.0, Adopt),
+    ],
+)
+def test_nothing_found_creates_again_only_once_the_marked_create_has_surely_finished(
+    found: StacksonaAnswer | StacksonaFailure, since_sent: float, expected: type
+) -> None:
+    outcome = after_lookup(found, sent_at=1000.0, now=1000.0 + since_sent)
+    assert type(outcome) is expected
+    if isinstance(outcome, Retry):
+        assert outcome.retry_after == CREATE_SETTLE_SECONDS - since_sent
 
 
 def test_retry_after_of_a_failed_lookup_is_kept() -> None:
-    assert after_lookup(StacksonaFailure("http", 503, 30.0)) == Retry("Stacksona answered HTTP 503", 30.0)
+    assert after_lookup(StacksonaFailure("http", 503, 30.0), **SETTLED) == Retry("Stacksona answered HTTP 503", 30.0)
 
 
 @pytest.mark.parametrize(
@@ -117,7 +140,7 @@ def test_no_lookup_or_create_failure_ever_approves() -> None:
         for kind in ("http", "timeout", "network", "malformed", "empty")
         for code in (None, 200, 404, 500)
     ]
-    outcomes = [after_lookup(f) for f in kinds] + [decide_on_create_failure(f) for f in kinds]
+    outcomes = [after_lookup(f, **SETTLED) for f in kinds] + [decide_on_create_failure(f) for f in kinds]
     assert not any(isinstance(o, Approve) for o in outcomes)
 
 

@@ -69,6 +69,12 @@ def chosen_ids(*attempts: DeliveryAttempt, stored: set[str] | None = None) -> li
             id="gave-up-after-max",
         ),
         pytest.param(
+            [attempt(1, status=0, age=90)]
+            + [attempt(10 + i, status=0, age=30 - i, redelivery=True) for i in range(MAX_REDELIVERIES)],
+            [10 + MAX_REDELIVERIES - 1],
+            id="redeliveries-that-never-reached-the-app-do-not-count",
+        ),
+        pytest.param(
             [attempt(1, "g-1", age=50), attempt(2, "g-2", age=70), attempt(3, "g-3", status=202)],
             [2, 1],
             id="several-oldest-first",

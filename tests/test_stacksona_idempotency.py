@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import Engine
 
 from app.clients.stacksona import StacksonaCallFailed, StacksonaClient
+from app.core.decision import CREATE_SETTLE_SECONDS
 from app.core.secret import Secret
 from app.simulators.stacksona import StacksonaSimulator
 from app.worker.loop import Worker
@@ -167,9 +168,34 @@ def test_a_clear_not_found_allows_exactly_one_create(world: World, idempotent: b
     task_id = world.gate(gate_id).task_id
     assert world.stacksona.threads_for_task(task_id) == []
     world.later(5)
-    assert world.stacksona.lookups == [task_id]
+    assert world.stacksona.lookups == [task_id]  # nothing yet; a create sent under a minute ago may still land
+    assert world.stacksona.threads_for_task(task_id) == []
+    world.later(CREATE_SETTLE_SECONDS)
     assert world.final_states() == ["approved"]
     the_only_thread(world, task_id)
+
+
+def test_a_create_still_in_flight_when_its_worker_died_is_never_sent_again(world: World) -> None:
+    """Found by the crash trials: the next worker's lookup comes before the dead worker's create lands."""
+    gate_id = world.deploy("production")
+    lease = world.settings.worker_lease_seconds
+    [dying] = world.store.gates.claim_due("dying-worker", limit=1, lease_seconds=lease)
+    world.stacksona.hold("create")
+    in_flight = threading.Thread(target=world.worker.process, args=(dying,), daemon=True)
+    in_flight.start()
+    try:
+        wait_for(lambda: world.stacksona.held("create") or None)
+        world.later(lease + 1)  # its lease ran out; another worker looks the task up and finds nothing yet
+        assert world.stacksona.lookups == [dying.task_id]
+        assert world.stacksona.held("create") == 1  # and sends no second create
+    finally:
+        world.stacksona.release("create")
+        in_flight.join(30)
+    thread_id = wait_for(lambda: (world.stacksona.threads_for_task(dying.task_id) or [None])[0])
+    world.later(CREATE_SETTLE_SECONDS)
+    assert world.gate(gate_id).thread_id == thread_id
+    approve_and_finish(world, thread_id)
+    assert the_only_thread(world, dying.task_id) == thread_id
 
 
 def test_an_unclear_lookup_retries_and_never_creates(world: World) -> None:
@@ -182,7 +208,7 @@ def test_an_unclear_lookup_retries_and_never_creates(world: World) -> None:
     gate = world.gate(gate_id)
     assert gate.state == "new" and gate.attempts == 2 and "HTTP 503" in (gate.last_error or "")
     assert world.stacksona.requests == []
-    world.later(5)
+    world.later(CREATE_SETTLE_SECONDS)
     assert world.final_states() == ["approved"]
     assert world.stacksona.lookups == [world.gate(gate_id).task_id]  # the refused lookup never got that far
     the_only_thread(world, world.gate(gate_id).task_id)

@@ -179,11 +179,18 @@ def how_to_ask(request_sent_at: float | None) -> SendCreate | LookUpTask:
     return SendCreate() if request_sent_at is None else LookUpTask()
 
 
-def after_lookup(found: StacksonaAnswer | StacksonaFailure) -> LookupOutcome:
-    """What the task lookup means: only a clear "not found" (404, empty list) allows another create."""
+def after_lookup(found: StacksonaAnswer | StacksonaFailure, *, sent_at: float, now: float) -> LookupOutcome:
+    """What the task lookup means: only a clear "not found" (404, empty list) allows another create,
+    and only once the create marked at `sent_at` has surely finished."""
     if isinstance(found, StacksonaAnswer):
         return Adopt(found)
     if found.kind == "empty" or (found.kind == "http" and found.status_code == 404):
+        # A worker killed mid-create never saw it time out: Stacksona may still be running it.
+        if now < sent_at + CREATE_SETTLE_SECONDS:
+            wait = sent_at + CREATE_SETTLE_SECONDS - now
+            return Retry(
+                "Stacksona has no such task yet; an earlier create may still arrive, so it is looked up again", wait
+            )
         return SendCreate()
     return decide_on_failure(found)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 EVENT = "deployment_protection_rule"
-# Asking again for a delivery that keeps failing would only add load.
+# Asking again for a delivery the App keeps refusing would only add load.
 MAX_REDELIVERIES = 3
 # GitHub lists 100 deliveries a page: 20 pages cover days of a busy App's deliveries.
 DELIVERIES_PER_PAGE = 100
@@ -73,7 +73,9 @@ def _worth_redelivering(tries: Sequence[DeliveryAttempt], now: float, window_sec
         return False
     if min(t.delivered_at for t in tries) < now - window_seconds:
         return False  # GitHub no longer redelivers it
-    if sum(t.redelivery for t in tries) >= MAX_REDELIVERIES:
+    # A redelivery GitHub could not bring to us (status 0: the App down) tells nothing about the delivery:
+    # counting it would give up on a job while `web` restarts (found by the crash trials).
+    if sum(t.redelivery and t.status_code != 0 for t in tries) >= MAX_REDELIVERIES:
         return False
     return is_retryable(_newest(tries).status_code)
 

@@ -26,6 +26,7 @@ from app.core.decision import (
     Retry,
     SendCreate,
     StacksonaAnswer,
+    StacksonaFailure,
     ValidateToken,
     Verdict,
     after_lookup,
@@ -76,10 +77,12 @@ def _ask(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
 
 
 def _look_up(gate: Gate, svc: Services) -> LookupOutcome:
+    sent_at = gate.request_sent_at or 0.0
     try:
-        return after_lookup(svc.stacksona.find_task(gate.task_id))
+        found: StacksonaAnswer | StacksonaFailure = svc.stacksona.find_task(gate.task_id)
     except StacksonaCallFailed as exc:
-        return after_lookup(exc.failure)
+        found = exc.failure
+    return after_lookup(found, sent_at=sent_at, now=svc.clock())
 
 
 def _create(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
