@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
+from app.core.decision import CREATE_SETTLE_SECONDS
 from app.worker.redelivery import redeliver_lost_deliveries
 from tests.world import OWNER, REPO, World, running_world, wait_for
 
@@ -123,8 +124,9 @@ def test_stacksona_5xx_then_success(world: World) -> None:
     world.settle()
     assert world.gate(gate_id).attempts == 1 and world.final_states() == []
     world.later(5)
-    assert world.gate(gate_id).attempts == 2
-    world.later(5)
+    assert world.gate(gate_id).attempts == 2  # the task was looked up; a new create waits for the first to settle
+    for _ in range(2):  # the second create fails too
+        world.later(CREATE_SETTLE_SECONDS + 5)
     assert world.final_states() == ["approved"]
     assert len(world.stacksona.requests) == 1
     reasons = [h.reason for h in world.history(gate_id)]
@@ -272,7 +274,7 @@ def test_cancelled_run_is_superseded_not_an_error(world: World) -> None:
     gate_id = world.deploy("api")
     world.settle()
     world.github.cancel_run(OWNER, REPO, 42)
-    world.later(5)
+    world.later(CREATE_SETTLE_SECONDS + 5)  # the refused create is sent again once surely over
     assert world.gate(gate_id).state == "superseded"
     assert world.github.final_reviews() == []
     assert world.stacksona.events[-1][1]["event_type"] == "github_deployment_superseded"

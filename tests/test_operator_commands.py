@@ -12,6 +12,7 @@ from sqlalchemy import Engine, func, select
 
 from app import cli
 from app.core import operator
+from app.core.decision import CREATE_SETTLE_SECONDS
 from app.core.gate import Change, Gate, GateState
 from app.core.policy import GatePolicy, Mode, parse_central_policy
 from app.store.maintenance import Maintenance
@@ -195,7 +196,9 @@ def test_retry_sends_a_backing_off_gate_now(world: World, capsys: pytest.Capture
 
     assert run(["retry", str(gate_id)], capsys) == (0, f"gate {gate_id} (new): operator asked to retry: due now\n", "")
     assert world.gate(gate_id).attempts == 1  # the backoff is kept
-    world.settle()  # no time passes: the gate was due at once
+    world.settle()  # no time passes: the gate was due at once, and looked its task up
+    assert world.stacksona.lookups == [world.gate(gate_id).task_id]
+    world.later(CREATE_SETTLE_SECONDS)  # nothing found: created again once the refused create is surely over
 
     assert world.final_states() == ["approved"] and world.gate(gate_id).state == "approved"
     assert "operator asked to retry: due now" in reasons(world, gate_id)
