@@ -52,7 +52,6 @@ T = TypeVar("T")
 # --- the two services, routed ------------------------------------------------------------------------
 
 GITHUB_ROUTES = ["token", "file", "deployments", "status_report", "run_status", "review"]
-GITHUB_ROUTES_RETRIED = ["token", "file", "status_report", "review"]  # run_status is best effort
 STACKSONA_ROUTES = ["create", "poll", "validate", "events"]
 
 
@@ -318,24 +317,8 @@ def expected_outcome(route: str, fault: str) -> str:
     return "approved" if fault in TRANSIENT else UNUSABLE[(route, fault)]
 
 
-# githubkit reads every 403/429 `Retry-After` with int(): an HTTP date raises ValueError inside the call
-# (wrapped as a bare RequestError on the token mint), so the date is lost and the step fails as an
-# internal error. The fix belongs in app/clients/github.py (`_PooledTransport` turns the date into seconds).
-GITHUBKIT_RETRY_AFTER_DATE = pytest.mark.xfail(
-    strict=True, reason="githubkit int()s Retry-After: needs the _PooledTransport fix in app/clients/github.py"
-)
-
-
-def marks_for(route: str, fault: str) -> list[pytest.MarkDecorator]:
-    if fault == "429-http-date" and route in GITHUB_ROUTES_RETRIED:
-        return [GITHUBKIT_RETRY_AFTER_DATE]
-    return []
-
-
 CELLS = [
-    pytest.param(route, fault, id=f"{route}-{fault}", marks=marks_for(route, fault))
-    for route in GITHUB_ROUTES + STACKSONA_ROUTES
-    for fault in FAULTS
+    pytest.param(route, fault, id=f"{route}-{fault}") for route in GITHUB_ROUTES + STACKSONA_ROUTES for fault in FAULTS
 ]
 
 
@@ -413,18 +396,7 @@ STACKSONA_CALLS: dict[str, Callable[[StacksonaClient], Any]] = {
 # Small, so a hang costs half a second; the clients' defaults are 10 s (5 s to connect).
 SHORT = httpx.Timeout(0.5, connect=0.5)
 
-
-# githubkit builds the installation-token request itself, without the client's timeout extension, so
-# httpcore waits forever: a hung mint holds its gate (and its renewed lease) for good. The fix belongs in
-# app/clients/github.py (`_PooledTransport` gives a request without a timeout the client's own).
-GITHUBKIT_MINT_TIMEOUT = pytest.mark.xfail(
-    strict=True, reason="the token mint is sent without a timeout: needs the _PooledTransport fix in github.py"
-)
-GITHUB_SOCKET_CELLS = [
-    pytest.param(fault, call, marks=[GITHUBKIT_MINT_TIMEOUT] if (fault, call) == ("hang", "token") else [])
-    for fault in SOCKET_FAULTS
-    for call in GITHUB_CALLS
-]
+GITHUB_SOCKET_CELLS = [pytest.param(fault, call) for fault in SOCKET_FAULTS for call in GITHUB_CALLS]
 
 
 def within(seconds: float, call: Callable[[], T]) -> T:

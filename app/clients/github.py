@@ -11,6 +11,7 @@ asserts the exact JSON); and an `httpx.Client` opened and closed around every ca
 
 from __future__ import annotations
 
+import math
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -34,6 +35,7 @@ from app.clients.github_answers import (
 )
 from app.clients.github_listing import AppListing, read_pages
 from app.clients.responses import USER_AGENT, json_or_none
+from app.core.backoff import parse_retry_after
 from app.core.redelivery import DELIVERIES_PER_PAGE, MAX_DELIVERY_PAGES, needs_older_page
 from app.core.review import GitHubAnswer
 from app.core.secret import Secret
@@ -96,7 +98,7 @@ class GitHubClient:
         # Sent on every call: GHES may only know an older REST API version than githubkit's default.
         self._version_header = {"X-GitHub-Api-Version": api_version}
         self._timeout = timeout
-        self._pool = _PooledTransport(transport or _transport_for(api_url), metrics or default_metrics())
+        self._pool = _PooledTransport(transport or _transport_for(api_url), metrics or default_metrics(), timeout)
         self._github = self._new_github(AppAuthStrategy(app_id=app_id, private_key=private_key.reveal()))
 
     def __repr__(self) -> str:
@@ -274,7 +276,9 @@ class GitHubClient:
     def installation_get(
         self, installation_id: int, path: str, params: Mapping[str, str | int], *, timeout: float
     ) -> tuple[GitHubAnswer, object, str]:
-        """`GET {api}/{path}` with the installation's token; every wait (token mint included) ends after `timeout` s.
+        """`GET {api}/{path}` with the installation's token; every wait ends after `timeout` s.
+
+        A token mint this call needs waits the client's own timeout (githubkit builds that request).
 
         Returns the answer, the raw JSON of a 2xx (else None) and the `Link` header ("" when none).
         """
@@ -309,17 +313,21 @@ class _PooledTransport(httpx.BaseTransport):
     Every call to GitHub passes here, token mints included: here it is counted and timed.
     """
 
-    def __init__(self, inner: httpx.BaseTransport, metrics: Metrics) -> None:
+    def __init__(self, inner: httpx.BaseTransport, metrics: Metrics, timeout: httpx.Timeout) -> None:
         self._inner = inner
         self._metrics = metrics
+        self._timeout = timeout.as_dict()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        # githubkit builds the token-mint request itself, without the client's timeout: httpcore would wait forever.
+        request.extensions.setdefault("timeout", self._timeout)
         started = time.perf_counter()
         try:
             response = self._inner.handle_request(request)
         except httpx.HTTPError:
             self._metrics.call("github", started, None)
             raise
+        _retry_after_in_seconds(response)
         status = response.status_code
         # A refused token mint is a fault, whatever refusal the call it serves expects.
         mint = request.url.path.endswith("/access_tokens")
@@ -332,6 +340,18 @@ class _PooledTransport(httpx.BaseTransport):
 
     def shutdown(self) -> None:
         self._inner.close()
+
+
+def _retry_after_in_seconds(response: httpx.Response) -> None:
+    """githubkit reads `Retry-After` with int(): an HTTP date (RFC 9110 allows one) would fail the whole call."""
+    value = response.headers.get("Retry-After")
+    if value is None or value.strip().isdigit():
+        return
+    seconds = parse_retry_after(value, time.time())
+    if seconds is None:
+        del response.headers["Retry-After"]
+    else:
+        response.headers["Retry-After"] = str(math.ceil(seconds))
 
 
 def _transport_for(api_url: str) -> httpx.HTTPTransport:
