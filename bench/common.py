@@ -8,14 +8,20 @@ docs/benchmarks.md explains how to read the figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
 import statistics
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 from sqlalchemy import make_url, text
 
 from app.store.engine import make_engine
@@ -130,3 +136,121 @@ class PeakMemory:
         while not self._stop.wait(self._interval):
             for name, pid in self._pids().items():
                 self.peaks[name] = max(self.peaks.get(name, 0.0), rss_mb(pid))
+
+
+# --- Real App processes against the simulators (bench.acks, bench.latency) ---
+
+CAPTURED_DELIVERY = (
+    Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "deployment_protection_rule.captured.json"
+)
+# The captured delivery's repository, installation and run, as GitHub sent them.
+CAPTURED_OWNER, CAPTURED_REPO, CAPTURED_REPOSITORY_ID = "Codertocat", "Hello-World", 186853002
+CAPTURED_INSTALLATION, CAPTURED_RUN, CAPTURED_DEPLOYMENT = 2311213, "9876543210", "145988746"
+CAPTURED_CALLBACK = "https://api.github.com/repos/Codertocat/Hello-World/actions/runs/9876543210/"
+
+
+def free_port() -> int:
+    """An ephemeral port the OS just handed out (the App's PORT setting cannot be 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def app_environment(
+    *, private_pem: str, secret: str, api_key: str, app_id: int, github_url: str, stacksona_url: str, database: str
+) -> dict[str, str]:
+    """The environment of an App process (and of the baselines), nothing of the benchmark's own but PATH."""
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        # bench.baseline_app runs from a scratch directory too (the App reads a .env in its working directory).
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "GITHUB_APP_ID": str(app_id),
+        "GITHUB_PRIVATE_KEY": private_pem.replace("\n", "\\n"),
+        "GITHUB_WEBHOOK_SECRET": secret,
+        "GITHUB_API_URL": github_url,
+        "STACKSONA_GATE_URL": stacksona_url,
+        "STACKSONA_API_KEY": api_key,
+        "DATABASE_URL": database,
+        "GITHUB_REDELIVERY_INTERVAL": "off",
+        "HOST": "127.0.0.1",
+        "WORKER_HEALTH_PORT": str(free_port()),
+    }
+
+
+class Served:
+    """A server process (`python -m …`) on its own port, its output in a log file; stopped with SIGTERM."""
+
+    def __init__(self, module_args: Sequence[str], env: Mapping[str, str], log: Path, *, cwd: Path) -> None:
+        self.port = free_port()
+        self.log = log
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(  # noqa: S603 - our own modules
+                [sys.executable, "-m", *module_args],
+                env={**env, "PORT": str(self.port)},
+                cwd=cwd,
+                stdout=out,
+                stderr=out,
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_until_healthy(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.log.name}: exited with {self.process.returncode}; see {self.log}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.log.name}: not healthy after {timeout:.0f}s; see {self.log}")
+
+    def wait_for_line(self, text: str, timeout: float = 300.0) -> None:
+        """Until the server's log holds `text` (e.g. its start-up checks are over and no longer take CPU)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.log.name}: no {text!r} after {timeout:.0f}s")
+            time.sleep(0.1)
+
+    def processes(self) -> dict[str, int]:
+        """The server's process and its children (gunicorn's workers), by a readable name."""
+        found = {"master": self.process.pid}
+        for n, child in enumerate(children(self.process.pid)):
+            found[f"process{n + 1}"] = child
+        return found
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in task.read_text().split()]
+    return sorted(found)
+
+
+def peak_line(peaks: Mapping[str, float]) -> str:
+    """Peak RSS per process, e.g. `master 60, process1 92 MiB`."""
+    return ", ".join(f"{name} {mb:.0f}" for name, mb in sorted(peaks.items())) + " MiB" if peaks else "n/a"
+
+
+def percentile_ms(values: Sequence[float], fraction: float) -> float:
+    """The `fraction` percentile of latencies given in seconds, in milliseconds."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000

@@ -42,6 +42,11 @@ class DatabaseSlots:
         self._admitted = threading.BoundedSemaphore(max(1, slots) + max(0, queue))
         self._max_wait = max_wait
 
+    @property
+    def max_wait(self) -> float:
+        """How long a request may wait for the database in all: for a slot, then for its turn to be written."""
+        return self._max_wait
+
     @contextmanager
     def held(self, *, wait: bool = True) -> Iterator[bool]:
         """True while a slot is held; False when none could be had (answer 503)."""

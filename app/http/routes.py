@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from app.http.payload import PayloadError, parse_deployment_request
 from app.http.signature import is_valid_signature
 from app.settings import Settings
 from app.store import Store
+from app.store.deliveries import StoreBusy
 from app.telemetry.logs import gate_context
 from app.telemetry.metrics import CONTENT_TYPE, GateCounts, GateGauges, Metrics, default_metrics
 
@@ -224,12 +226,20 @@ def _store_delivery(
         "run_id": deployment.run_id,
         "environment": deployment.environment,
     }
+    queued_at = time.monotonic()
     with slots.held() as held:
         if not held:
             log.warning("delivery %s not stored: every database slot is busy", delivery_id, extra=context)
             return _BUSY
+        # Stored with the deliveries arriving meanwhile (group commit); the wait for a slot counts against the turn.
+        wait = max(0.0, slots.max_wait - (time.monotonic() - queued_at))
         try:
-            gate_id, outcome = store.deliveries.accept(delivery_id, deployment, deadline_seconds=deadline)
+            gate_id, outcome = store.deliveries.accept(
+                delivery_id, deployment, deadline_seconds=deadline, wait_seconds=wait
+            )
+        except StoreBusy:
+            log.warning("delivery %s not stored: the database is too slow to take it", delivery_id, extra=context)
+            return _BUSY
         except SQLAlchemyError as exc:
             # The transaction rolled back: GitHub may redeliver, nothing was stored.
             log.error("delivery %s not stored: %s", delivery_id, _reason(exc), extra=context)

@@ -9,6 +9,7 @@ GitHub does after a run was cancelled or finished.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -71,6 +72,8 @@ class RecordedReview:
     authorization: str = field(repr=False)  # carries an installation token
     api_version: str | None
     status: int
+    # When the call took effect (time.time()): benchmarks time decisions to it (docs/benchmarks.md, "B2").
+    received_at: float = field(default_factory=time.time)
 
 
 class ReviewLog:

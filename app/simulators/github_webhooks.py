@@ -30,6 +30,10 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # Real deliveries name a build of GitHub's webhook service after the slash.
 _USER_AGENT = "GitHub-Hookshot/5f2c1e9"
 _GHES_VERSION = "3.14.0"
+# One sender for every delivery: `httpx.post` builds a client (and loads the CA store) per call,
+# which made the simulator, not the receiver, the limit of a burst. No kept-alive connection:
+# GitHub opens a new one per delivery.
+_SENDER = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ def deliver_webhook(
         "X-Hub-Signature": "sha1=" + hmac.new(secret.encode(), raw, "sha1").hexdigest(),
         "X-Hub-Signature-256": sign(secret, raw),
     }
-    return httpx.post(webhook_url, content=raw, headers=headers, timeout=timeout)
+    return _SENDER.post(webhook_url, content=raw, headers=headers, timeout=timeout)
 
 
 def _shaped_deployment(where: RepoRef, job: WaitingJob, shape: DeliveryShape) -> dict[str, Any] | None:

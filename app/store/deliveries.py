@@ -1,14 +1,19 @@
 """Deliveries: each GitHub delivery stored once, opening a gate or joining the open gate of its run.
 
-One short transaction per delivery, no network I/O inside (docs/architecture.md, "The flow").
+Group commit: the deliveries a process receives at the same time are stored by
+one short transaction (no network I/O inside), so concurrent acks do not queue
+for the database's write lock one by one (docs/benchmarks.md, "B1"). All of a
+batch is stored or none of it is, and every caller learns which.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, update
@@ -19,23 +24,115 @@ from app.core.review import joins_during_review
 from app.store.records import reading, record_transition
 from app.store.schema import deliveries, gates
 
+Accepted = tuple[int, AcceptOutcome]
+# Bounded so one transaction stays short: a few milliseconds of statements.
+MAX_BATCH = 64
+
+
+class StoreBusy(Exception):
+    """The delivery waited its whole `wait_seconds` for its turn and was not stored."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    delivery_id: str
+    request: DeploymentRequest
+    deadline_seconds: float
+
+
+@dataclass(eq=False)
+class _Pending:
+    delivery: Delivery
+    wake: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False  # this caller writes the next batch
+    taken: bool = False  # in a batch being written: its outcome is the transaction's
+    result: Accepted | None = None
+    error: BaseException | None = None
+
 
 class DeliveryStore:
     def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
         self._engine = engine
         self._clock = clock
+        self._lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._writing = False
 
     def accept(
-        self, delivery_id: str, request: DeploymentRequest, *, deadline_seconds: float
-    ) -> tuple[int, AcceptOutcome]:
-        """Store a delivery: a new gate, or joined to the open gate of its run."""
+        self,
+        delivery_id: str,
+        request: DeploymentRequest,
+        *,
+        deadline_seconds: float,
+        wait_seconds: float | None = None,
+    ) -> Accepted:
+        """Store a delivery (a new gate, or joined to the open gate of its run), with the others arriving meanwhile.
+
+        The first caller writes the batch while later ones wait; when it is
+        stored (or not) every caller of the batch returns (or raises), and the
+        first of those who arrived during the write writes the next batch. A
+        caller still waiting for a batch after `wait_seconds` leaves it and
+        raises StoreBusy: nothing of it was stored.
+        """
+        item = _Pending(Delivery(delivery_id, request, deadline_seconds))
+        with self._lock:
+            self._pending.append(item)
+            if not self._writing:
+                self._writing = item.lead = True
+        if not item.lead:
+            self._wait_for_turn(item, wait_seconds)
+        if item.lead and not item.taken:
+            self._write_next_batch()
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    def _wait_for_turn(self, item: _Pending, wait_seconds: float | None) -> None:
+        if item.wake.wait(wait_seconds):
+            return
+        with self._lock:
+            if not item.lead and not item.taken:
+                self._pending.remove(item)
+                raise StoreBusy(f"delivery {item.delivery.delivery_id} waited {wait_seconds}s for the database")
+        # Taken by a batch meanwhile: its transaction is bounded by the engine's lock timeout.
+        item.wake.wait()
+
+    def _write_next_batch(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            for item in batch:
+                item.taken = True
+        try:
+            results = self.accept_all([item.delivery for item in batch])
+            for item, result in zip(batch, results, strict=True):
+                item.result = result
+        except BaseException as exc:  # every caller of the batch learns it was not stored
+            for item in batch:
+                item.error = exc
+        finally:
+            for item in batch:
+                item.wake.set()
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            if not self._pending:
+                self._writing = False
+                return
+            successor = self._pending[0]
+            successor.lead = True
+        successor.wake.set()
+
+    def accept_all(self, batch: Sequence[Delivery]) -> list[Accepted]:
+        """Store deliveries in order in one transaction: all of them, or (raising) none."""
         for attempt in range(3):
             try:
                 with self._engine.begin() as conn:
-                    return self._accept_in(conn, delivery_id, request, deadline_seconds)
+                    return [self._accept_in(conn, d.delivery_id, d.request, d.deadline_seconds) for d in batch]
             except IntegrityError:
-                # A concurrent delivery won the race for the open key or the
-                # delivery id; the next round finds its row.
+                # A concurrent delivery (another process) won the race for the
+                # open key or the delivery id; the next round finds its row.
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")

@@ -33,34 +33,18 @@ class GateQueue:
     def claim_due(self, owner: str, *, limit: int, lease_seconds: float) -> list[Gate]:
         """Lease up to `limit` due gates; each lease bumps the gate's generation."""
         now = self._clock()
+        due = (
+            select(gates.c.id)
+            .where(gates.c.state.in_(OPEN_STATES), gates.c.next_attempt_at <= now)
+            .where((gates.c.lease_expires_at.is_(None)) | (gates.c.lease_expires_at < now))
+            .order_by(gates.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        # One statement: the due gates are leased and returned (PostgreSQL: rows locked by other claims are skipped).
         with self._engine.begin() as conn:
-            due = (
-                conn.execute(
-                    select(gates.c.id)
-                    .where(gates.c.state.in_(OPEN_STATES), gates.c.next_attempt_at <= now)
-                    .where((gates.c.lease_expires_at.is_(None)) | (gates.c.lease_expires_at < now))
-                    .order_by(gates.c.next_attempt_at)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-                .scalars()
-                .all()
-            )
-            if not due:
-                return []
-            conn.execute(
-                update(gates)
-                .where(gates.c.id.in_(due))
-                .values(
-                    lease_owner=owner,
-                    lease_expires_at=now + lease_seconds,
-                    generation=gates.c.generation + 1,
-                    woken=False,
-                    retry_asked=False,
-                )
-            )
-            rows = conn.execute(select(gates).where(gates.c.id.in_(due)).order_by(gates.c.next_attempt_at))
-            return [gate_from_row(row._mapping) for row in rows]
+            rows = conn.execute(_lease(gates.c.id.in_(due), owner, now + lease_seconds)).all()
+        return sorted((gate_from_row(row._mapping) for row in rows), key=lambda gate: gate.next_attempt_at)
 
     def apply(self, gate: Gate, change: Change) -> Change | None:
         """Write a step's result if this worker still holds the gate's lease.
@@ -196,6 +180,12 @@ class GateQueue:
         with reading(self._engine) as conn:
             oldest = conn.execute(query).scalar()
         return 0.0 if oldest is None else max(0.0, self._clock() - float(oldest))
+
+
+def _lease(which: Any, owner: str, expires_at: float) -> Any:
+    """Lease the gates `which` selects to `owner` under a new generation; returns their rows (one statement)."""
+    values = {"lease_owner": owner, "lease_expires_at": expires_at, "woken": False, "retry_asked": False}
+    return update(gates).where(which).values(**values, generation=gates.c.generation + 1).returning(*gates.c)
 
 
 def _columns(change: Change, now: float, held: Any) -> dict[str, Any]:
