@@ -450,7 +450,7 @@ def test_delivery_timeout_is_the_hosts(
         sent.append(kwargs["timeout"])
         return httpx.Response(202)
 
-    monkeypatch.setattr(github_webhooks.httpx, "post", fake_post)
+    monkeypatch.setattr(github_webhooks._SENDER, "post", fake_post)
     with GitHubSimulator(app_id=APP_ID, public_key_pem=public_pem_of(rsa_key), ghes=ghes) as sim:
         sim.deliver("http://127.0.0.1:9/hook", sim.open_deployment(**RUN), secret="s")
     assert sim.delivery_timeout == seconds and sent == [seconds]
