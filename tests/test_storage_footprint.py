@@ -162,7 +162,7 @@ def test_a_late_duplicate_of_an_answered_deployment_is_found_by_its_run(engine: 
 
 
 def query_plan(engine: Engine, marker: str, run: Callable[[], object]) -> str:
-    """The plan of the first SELECT `run` sends that contains `marker`, with the parameters it was sent with.
+    """The plan of the first SELECT or UPDATE (the claim) `run` sends that contains `marker`, with its parameters.
 
     PostgreSQL plans a table this small with a sequential scan whatever its indexes: the
     scan is priced out, so the plan shows whether an index can serve the query at all.
@@ -170,7 +170,7 @@ def query_plan(engine: Engine, marker: str, run: Callable[[], object]) -> str:
     sent: list[tuple[str, Any]] = []
 
     def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().startswith("SELECT") and marker in statement:
+        if statement.lstrip().startswith(("SELECT", "UPDATE")) and marker in statement:
             sent.append((statement, parameters))
 
     event.listen(engine, "before_cursor_execute", capture)
