@@ -205,7 +205,7 @@ def test_a_served_app_shows_no_secret(
 def run_every_flow(traffic: Traffic, github: GitHubSimulator, stacksona: StacksonaSimulator) -> None:
     stacksona.script("api", "allow")
     stacksona.script("qa", "reject")
-    stacksona.fail_next("create", 500)
+    stacksona.fail_next("poll", 500)  # a refused create would be sent again only a minute later
     github.fail_next("review", 502)
     traffic.deploy("api", 1)
     traffic.deploy("qa", 2)
