@@ -111,9 +111,8 @@ def _open_gates(store: Store) -> dict[int, Gate]:
 
 
 def _recovery(store: Store, before: dict[int, Gate], since: float) -> tuple[float, list[str]]:
-    """Seconds from `since` until every gate in `before` moved on (a new claim, a new state).
-
-    Gates that did not within RECOVERY_TARGET_SECONDS are returned as stuck.
+    """Seconds from `since` until every gate in `before` moved on (a new claim, a new state) or waits, free, for
+    its next attempt. Gates that did neither within RECOVERY_TARGET_SECONDS are returned as stuck.
     """
     waiting, worst = dict(before), 0.0
     deadline = since + RECOVERY_TARGET_SECONDS
@@ -124,9 +123,16 @@ def _recovery(store: Store, before: dict[int, Gate], since: float) -> tuple[floa
             if current is None or (current.state, current.generation) != (gate.state, gate.generation):
                 worst = max(worst, time.monotonic() - since)
                 del waiting[gate_id]
+            elif _on_schedule(current):
+                del waiting[gate_id]  # not due yet and nobody holds it: the final invariants judge it
         time.sleep(0.25)
     stuck = [f"gate {g.id} {g.state} run {g.run_id} {g.environment} (lease {g.lease_owner})" for g in waiting.values()]
     return (worst if not waiting else RECOVERY_TARGET_SECONDS), stuck
+
+
+def _on_schedule(gate: Gate) -> bool:
+    """Free and due later (a backoff, a Retry-After, an earlier create left to settle): no worker owes it a step."""
+    return gate.lease_owner is None and gate.next_attempt_at > time.time()
 
 
 def _wait(condition: Callable[[], bool], timeout: float) -> None:
