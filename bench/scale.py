@@ -7,7 +7,7 @@ reviewer, a share is due now), then prints, per backend:
   same), in turns with the same claim on a database of 100 gates filled alike: their ratio
   shows what the waiting gates cost each claim;
 * the bytes each pending gate takes on disk (its row, its history and deliveries, every
-  index), against the raw size of the data in its columns;
+  index, and its share of the few stored policies), against the raw size of the data in its columns;
 * the peak resident memory of this process (it runs the store like a worker does).
 
 docs/benchmarks.md (B4) records the figures and where each limit comes from.
@@ -32,14 +32,15 @@ from app.core.gate import OPEN_STATES, Gate
 from app.store.engine import make_engine, migrate
 from app.store.queue import GateQueue
 from app.store.records import reading
-from app.store.schema import deliveries, gate_history, gates
+from app.store.schema import deliveries, gate_history, gates, policies
 from bench.common import PeakMemory, add_common_arguments, alternate, backends, database_url, ratio, spread, table
 from bench.scale_fill import OWNER, Clock, Shape, fill
 from bench.scale_sizes import SizeReport, measure_sizes
 
 BASELINE_GATES = 100
 LARGEST_COLUMNS = 6
-PER_GATE_TABLES = (gates, gate_history, deliveries)
+# `policies` holds one row per distinct policy (a handful), not one per gate; counted all the same.
+PER_GATE_TABLES = (gates, gate_history, deliveries, policies)
 
 
 class Latency:

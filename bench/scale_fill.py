@@ -192,7 +192,7 @@ def _copy(template: dict[str, Any], gate_id: int, kind: str, rng: random.Random,
 
 def _as_new(template: dict[str, Any]) -> dict[str, Any]:
     """What a gate holds between its delivery and the worker's first step."""
-    cleared = ("thread_id", "policy", "request_sent_at")
+    cleared = ("thread_id", "policy_id", "request_sent_at")
     return dict.fromkeys(cleared) | {
         "state": "new",
         "status_reported": False,

@@ -6,25 +6,28 @@ Every test runs on SQLite and (when configured) PostgreSQL. docs/benchmarks.md (
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection, Engine, event, inspect, select
+from sqlalchemy import Connection, Engine, event, inspect
 
-from app.core.gate import Change, DeploymentRequest, GateState
-from app.store import Store, migrations
-from app.store.engine import make_engine, migrate
+from app.core.gate import Change, GateState
+from app.store import Store
+from app.store.engine import migrate
 from app.store.maintenance import Maintenance
-from app.store.schema import gates
 from tests.support.clock import FakeClock
-from tests.support.postgres import throwaway_schema_url
+from tests.support.migrations import (
+    START,
+    blank_database,
+    move_to,
+    open_gates,
+    reflected_rows,
+    request_for,
+    set_columns,
+)
 
-START = 1_700_000_000.0
 LATER = START + 86_400.0
 INDEXES_0006 = {
     "ix_gates_due": ["state", "next_attempt_at"],
@@ -42,29 +45,8 @@ CLAIM_INDEXES_0007 = {
 @pytest.fixture(params=["sqlite", "postgresql"])
 def blank(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """An empty database of each supported kind, not migrated yet."""
-    with _database_url(request.param, tmp_path) as url:
-        engine = make_engine(url)
-        try:
-            yield engine
-        finally:
-            engine.dispose()
-
-
-@contextmanager
-def _database_url(kind: str, tmp_path: Path) -> Iterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp_path / 'gates.db'}"
-    else:
-        with throwaway_schema_url() as url:
-            yield url
-
-
-def move_to(engine: Engine, revision: str, *, down: bool = False) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        (command.downgrade if down else command.upgrade)(config, revision)
+    with blank_database(request.param, tmp_path) as engine:
+        yield engine
 
 
 def gate_indexes(engine: Engine) -> dict[str, list[str]]:
@@ -77,10 +59,14 @@ def indexes_0007(engine: Engine) -> dict[str, list[str]]:
     return INDEXES_0007 | CLAIM_INDEXES_0007[engine.dialect.name]
 
 
-def request_for(run_id: int) -> DeploymentRequest:
-    return DeploymentRequest(
-        1000, "acme", "shop", 1, run_id, "production", "push", "main", "a" * 40, "octocat", (), None
-    )
+def populate_0006(engine: Engine) -> dict[str, list[int]]:
+    """What `populate` leaves, written without the store, whose queries follow the newest schema."""
+    ids = open_gates(engine, 12)
+    for gate_id in ids[:4]:
+        set_columns(engine, gate_id, state="approved", verdict="approved", open_key=None, closed_at=START)
+    for gate_id in ids[4:8]:
+        set_columns(engine, gate_id, state="awaiting_review", thread_id=f"thr-{gate_id}", next_attempt_at=LATER)
+    return {"closed": ids[:4], "waiting": ids[4:8], "new": ids[8:]}
 
 
 def populate(store: Store) -> dict[str, list[int]]:
@@ -97,23 +83,19 @@ def populate(store: Store) -> dict[str, list[int]]:
     return {"closed": ids[:4], "waiting": ids[4:8], "new": ids[8:]}
 
 
-def all_gates(engine: Engine) -> list[Any]:
-    with engine.connect() as conn:
-        return [tuple(row) for row in conn.execute(select(gates).order_by(gates.c.id))]
-
-
 def test_0007_keeps_every_gate_and_what_the_queue_finds_on_a_populated_database(blank: Engine) -> None:
     move_to(blank, "0006")
-    clock = FakeClock(START)
-    store = Store.open(blank, clock)
-    kinds = populate(store)
-    before = all_gates(blank)
+    kinds = populate_0006(blank)
+    before = reflected_rows(blank)
     assert gate_indexes(blank) == INDEXES_0006
 
-    migrate(blank)
+    move_to(blank, "0007")
 
     assert gate_indexes(blank) == indexes_0007(blank)
-    assert all_gates(blank) == before
+    assert reflected_rows(blank) == before
+    migrate(blank)
+    clock = FakeClock(START)
+    store = Store.open(blank, clock)
     assert [g.id for g in store.gates.claim_due("w2", limit=20, lease_seconds=60)] == kinds["new"]
     woken = store.gates.wake(thread_id=f"thr-{kinds['waiting'][0]}", task_id=None)
     assert woken is not None and woken.id == kinds["waiting"][0]

@@ -2,6 +2,8 @@
 
 Deleted in bounded batches, one short transaction each, so neither SQLite's single
 writer nor a PostgreSQL replica waits long behind a prune of months of gates.
+Stored policies are kept (a handful of rows that every process may hold in its cache:
+app/store/policies.py).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 Each method is one short transaction with no network I/O inside. A claim bumps
 the gate's generation: a worker whose lease was taken over finds its generation
 stale and cannot overwrite newer state (docs/architecture.md, "Leases, marks and exactly once").
+A gate's policy is stored once per distinct policy; app/store/policies.py translates.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from app.core.operator import Refused, due_after_step
 from app.core.operator import Rule as OperatorRule
 from app.core.review import answer_again, needs_answer_again
 from app.core.transitions import next_attempt_at
-from app.store.records import gate_from_row, history_entry, plain, reading, record_transition
+from app.store.policies import PolicyCache
+from app.store.records import history_entry, plain, reading, record_transition
 from app.store.schema import gate_history, gates
 
 
@@ -25,6 +27,7 @@ class GateQueue:
     def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
         self._engine = engine
         self._clock = clock
+        self._policies = PolicyCache()
 
     def ping(self) -> None:
         with reading(self._engine) as conn:
@@ -42,9 +45,10 @@ class GateQueue:
             .with_for_update(skip_locked=True)
         )
         # One statement: the due gates are leased and returned (PostgreSQL: rows locked by other claims are skipped).
-        with self._engine.begin() as conn:
+        with self._policies.transaction() as policy, self._engine.begin() as conn:
             rows = conn.execute(_lease(gates.c.id.in_(due), owner, now + lease_seconds)).all()
-        return sorted((gate_from_row(row._mapping) for row in rows), key=lambda gate: gate.next_attempt_at)
+            claimed = [policy.gate(conn, row._mapping) for row in rows]
+        return sorted(claimed, key=lambda gate: gate.next_attempt_at)
 
     def apply(self, gate: Gate, change: Change) -> Change | None:
         """Write a step's result if this worker still holds the gate's lease.
@@ -53,7 +57,7 @@ class GateQueue:
         gate back to reporting), or None when the lease was lost.
         """
         now = self._clock()
-        with self._engine.begin() as conn:
+        with self._policies.transaction() as policy, self._engine.begin() as conn:
             held = conn.execute(
                 select(gates.c.rereview, gates.c.woken, gates.c.retry_asked)
                 .where(gates.c.id == gate.id, gates.c.generation == gate.generation)
@@ -64,7 +68,8 @@ class GateQueue:
                 return None
             if needs_answer_again(rereview=held.rereview, before=gate.state, after=change.state):
                 change = answer_again(change, now=now)
-            conn.execute(update(gates).where(gates.c.id == gate.id).values(**_columns(change, now, held)))
+            values = policy.columns(conn, _columns(change, now, held))
+            conn.execute(update(gates).where(gates.c.id == gate.id).values(**values))
             if change.record or change.state != gate.state:
                 record_transition(conn, gate.id, now, gate.state, change.state, change.reason)
             return change
@@ -78,12 +83,12 @@ class GateQueue:
         renewed, so no other worker takes the gate while the call is in flight.
         """
         now = self._clock()
-        with self._engine.begin() as conn:
+        with self._policies.transaction() as policy, self._engine.begin() as conn:
             result = conn.execute(
                 update(gates)
                 .where(gates.c.id == gate.id, gates.c.generation == gate.generation)
                 .where(gates.c.lease_owner == gate.lease_owner, gates.c.lease_expires_at > now)
-                .values(**values, updated_at=now, lease_expires_at=now + lease_seconds)
+                .values(**policy.columns(conn, values), updated_at=now, lease_expires_at=now + lease_seconds)
             )
             return result.rowcount == 1
 
@@ -121,7 +126,7 @@ class GateQueue:
         call, are woken: unauthenticated callbacks must not override `Retry-After`.
         """
         now = self._clock()
-        with self._engine.begin() as conn:
+        with self._policies.transaction() as policy, self._engine.begin() as conn:
             row = _gate_row(conn, gates.c.thread_id, thread_id) or _gate_row(conn, gates.c.task_id, task_id)
             if row is None:
                 return None
@@ -131,7 +136,7 @@ class GateQueue:
                     (gates.c.id == row.id) & (gates.c.state == GateState.AWAITING_REVIEW) & (gates.c.attempts == 0)
                 )
                 conn.execute(update(gates).where(awaiting).values(next_attempt_at=now, woken=True))
-            return gate_from_row(row._mapping)
+            return policy.gate(conn, row._mapping)
 
     def change_by_operator(self, gate_id: int, rule: OperatorRule) -> Change | Refused | None:
         """Apply an operator's rule (app/core/operator.py) to one gate, its row locked; None: no such gate.
@@ -140,29 +145,30 @@ class GateQueue:
         the gate and writing the change (PostgreSQL: claims skip the row, `apply` waits).
         """
         now = self._clock()
-        with self._engine.begin() as conn:
+        with self._policies.transaction() as policy, self._engine.begin() as conn:
             row = conn.execute(select(gates).where(gates.c.id == gate_id).with_for_update()).first()
             if row is None:
                 return None
-            gate = gate_from_row(row._mapping)
+            gate = policy.gate(conn, row._mapping)
             change = rule(gate, now)
             if isinstance(change, Change):
-                values = plain(dict(change.values)) | {"state": str(change.state), "updated_at": now}
+                values = policy.columns(conn, plain(dict(change.values)))
+                values |= {"state": str(change.state), "updated_at": now}
                 conn.execute(update(gates).where(gates.c.id == gate_id).values(**values))
                 record_transition(conn, gate_id, now, gate.state, change.state, change.reason)
             return change
 
     def get(self, gate_id: int) -> Gate | None:
-        with reading(self._engine) as conn:
+        with self._policies.transaction() as policy, reading(self._engine) as conn:
             row = conn.execute(select(gates).where(gates.c.id == gate_id)).first()
-        return gate_from_row(row._mapping) if row else None
+            return policy.gate(conn, row._mapping) if row else None
 
     def list_gates(self, *, limit: int = 50, states: Sequence[str] = ()) -> list[Gate]:
         query = select(gates).order_by(gates.c.id.desc()).limit(limit)
         if states:
             query = query.where(gates.c.state.in_(states))
-        with reading(self._engine) as conn:
-            return [gate_from_row(row._mapping) for row in conn.execute(query)]
+        with self._policies.transaction() as policy, reading(self._engine) as conn:
+            return [policy.gate(conn, row._mapping) for row in conn.execute(query).all()]
 
     def history(self, gate_id: int) -> list[HistoryEntry]:
         query = select(gate_history).where(gate_history.c.gate_id == gate_id).order_by(gate_history.c.id)

@@ -24,8 +24,10 @@ def record_transition(
     conn.execute(insert(gate_history).values(**row))
 
 
-def gate_from_row(row: RowMapping) -> Gate:
-    data = {name: row[name] for name in Gate.__dataclass_fields__}
+def gate_from_row(row: RowMapping, policy: str | None) -> Gate:
+    """The gate a `gates` row holds; `policy` is the JSON its `policy_id` refers to (app/store/policies.py)."""
+    data: dict[str, Any] = {name: row[name] for name in Gate.__dataclass_fields__ if name != "policy"}
+    data["policy"] = policy
     data["pull_requests"] = tuple(json.loads(row["pull_requests"] or "[]"))
     data["status_reported"] = bool(row["status_reported"])
     data["state"] = GateState(row["state"])

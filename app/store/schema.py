@@ -88,9 +88,10 @@ gates = Table(
     # Set before every Stacksona create: a later attempt looks the task up before
     # creating again, since Stacksona does not document creates as idempotent.
     Column("request_sent_at", Float, nullable=True),
-    # The gate's effective policy (JSON), fixed when Stacksona is first asked, so later
-    # steps keep it across restarts and policy changes (see app/core/policy.py).
-    Column("policy", Text, nullable=True),
+    # The gate's effective policy, fixed when Stacksona is first asked, so later steps keep it
+    # across restarts and policy changes (see app/core/policy.py). Gates share a handful of
+    # policies: each is stored once, in `policies` (app/store/policies.py translates).
+    Column("policy_id", Integer, ForeignKey("policies.id"), nullable=True),
     Column("last_error", Text, nullable=True),
     # How a claim finds due gates without reading waiting or closed ones (migration 0007 says why they differ).
     Index("ix_gates_due", "state", "next_attempt_at").ddl_if(dialect="sqlite"),
@@ -99,6 +100,15 @@ gates = Table(
     Index("ix_gates_run", "run_id"),
     # Pruning finds old closed gates without reading open ones (on SQLite through ix_gates_due).
     _partial_index("ix_gates_closed", "closed_at", "closed_at IS NOT NULL").ddl_if(dialect="postgresql"),
+)
+
+policies = Table(
+    "policies",
+    metadata,
+    # A row is never changed or deleted: each process caches them (app/store/policies.py).
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("digest", String(64), nullable=False, unique=True),  # SHA-256 of `body`, hex
+    Column("body", Text, nullable=False),  # the policy's JSON (app.core.policy.GatePolicy)
 )
 
 gate_history = Table(
