@@ -54,7 +54,7 @@ class HeldFirstBatch:
 
     def wait_until_waiting(self, count: int) -> None:
         """Until `count` callers wait for the next batch (the held one excluded)."""
-        wait_for(lambda: True if len(self.store.deliveries._pending) == count else None)
+        wait_for(lambda: True if self.store.deliveries.waiting() == count else None)
 
 
 @pytest.fixture

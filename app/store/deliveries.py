@@ -1,62 +1,41 @@
 """Deliveries: each GitHub delivery stored once, opening a gate or joining the open gate of its run.
 
-Group commit: the deliveries a process receives at the same time are stored by
-one short transaction (no network I/O inside), so concurrent acks do not queue
-for the database's write lock one by one (docs/benchmarks.md, "B1"). All of a
-batch is stored or none of it is, and every caller learns which.
+The deliveries a process receives at the same time are stored by one short
+transaction (group commit, app/store/group_commit.py) of a fixed number of
+statements, whatever the batch's size: three reads, then one write per table
+(docs/benchmarks.md, "B1"). What each delivery means is decided by
+`plan_batch` (app/store/delivery_batch.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import Executable
 
 from app.core.gate import AcceptOutcome, DeploymentRequest, GateState
-from app.core.review import joins_during_review
-from app.store.records import reading, record_transition
-from app.store.schema import deliveries, gates
+from app.store.delivery_batch import AnsweredKey, Delivery, GateRef, Known, Transition, open_key, plan_batch
+from app.store.group_commit import GroupCommit, StoreBusy
+from app.store.records import reading
+from app.store.schema import deliveries, gate_history, gates
+
+__all__ = ["Accepted", "Delivery", "DeliveryStore", "StoreBusy", "open_key", "task_id_for"]
 
 Accepted = tuple[int, AcceptOutcome]
-# Bounded so one transaction stays short: a few milliseconds of statements.
-MAX_BATCH = 64
-
-
-class StoreBusy(Exception):
-    """The delivery waited its whole `wait_seconds` for its turn and was not stored."""
-
-
-@dataclass(frozen=True)
-class Delivery:
-    delivery_id: str
-    request: DeploymentRequest
-    deadline_seconds: float
-
-
-@dataclass(eq=False)
-class _Pending:
-    delivery: Delivery
-    wake: threading.Event = field(default_factory=threading.Event)
-    lead: bool = False  # this caller writes the next batch
-    taken: bool = False  # in a batch being written: its outcome is the transaction's
-    result: Accepted | None = None
-    error: BaseException | None = None
 
 
 class DeliveryStore:
     def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
         self._engine = engine
         self._clock = clock
-        self._lock = threading.Lock()
-        self._pending: list[_Pending] = []
-        self._writing = False
+        # A lambda, so that tests may replace accept_all on the instance.
+        self._group: GroupCommit[Delivery, Accepted] = GroupCommit(lambda batch: self.accept_all(batch))
 
     def accept(
         self,
@@ -68,106 +47,27 @@ class DeliveryStore:
     ) -> Accepted:
         """Store a delivery (a new gate, or joined to the open gate of its run), with the others arriving meanwhile.
 
-        The first caller writes the batch while later ones wait; when it is
-        stored (or not) every caller of the batch returns (or raises), and the
-        first of those who arrived during the write writes the next batch. A
-        caller still waiting for a batch after `wait_seconds` leaves it and
-        raises StoreBusy: nothing of it was stored.
+        Raises StoreBusy when it waited `wait_seconds` for its turn (nothing
+        stored), or the database's error when its batch was not stored.
         """
-        item = _Pending(Delivery(delivery_id, request, deadline_seconds))
-        with self._lock:
-            self._pending.append(item)
-            if not self._writing:
-                self._writing = item.lead = True
-        if not item.lead:
-            self._wait_for_turn(item, wait_seconds)
-        if item.lead and not item.taken:
-            self._write_next_batch()
-        if item.error is not None:
-            raise item.error
-        assert item.result is not None
-        return item.result
+        return self._group.submit(Delivery(delivery_id, request, deadline_seconds), wait_seconds)
 
-    def _wait_for_turn(self, item: _Pending, wait_seconds: float | None) -> None:
-        if item.wake.wait(wait_seconds):
-            return
-        with self._lock:
-            if not item.lead and not item.taken:
-                self._pending.remove(item)
-                raise StoreBusy(f"delivery {item.delivery.delivery_id} waited {wait_seconds}s for the database")
-        # Taken by a batch meanwhile: its transaction is bounded by the engine's lock timeout.
-        item.wake.wait()
-
-    def _write_next_batch(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            for item in batch:
-                item.taken = True
-        try:
-            results = self.accept_all([item.delivery for item in batch])
-            for item, result in zip(batch, results, strict=True):
-                item.result = result
-        except BaseException as exc:  # every caller of the batch learns it was not stored
-            for item in batch:
-                item.error = exc
-        finally:
-            for item in batch:
-                item.wake.set()
-            self._hand_over()
-
-    def _hand_over(self) -> None:
-        with self._lock:
-            if not self._pending:
-                self._writing = False
-                return
-            successor = self._pending[0]
-            successor.lead = True
-        successor.wake.set()
+    def waiting(self) -> int:
+        """Deliveries waiting for the batch being written to finish."""
+        return self._group.waiting()
 
     def accept_all(self, batch: Sequence[Delivery]) -> list[Accepted]:
         """Store deliveries in order in one transaction: all of them, or (raising) none."""
         for attempt in range(3):
             try:
                 with self._engine.begin() as conn:
-                    return [self._accept_in(conn, d.delivery_id, d.request, d.deadline_seconds) for d in batch]
+                    return _store_batch(conn, batch, self._clock())
             except IntegrityError:
                 # A concurrent delivery (another process) won the race for the
                 # open key or the delivery id; the next round finds its row.
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
-
-    def _accept_in(
-        self, conn: Connection, delivery_id: str, request: DeploymentRequest, deadline: float
-    ) -> tuple[int, AcceptOutcome]:
-        now = self._clock()
-        seen = conn.execute(select(deliveries.c.gate_id).where(deliveries.c.delivery_id == delivery_id))
-        if (gate_id := seen.scalar()) is not None:
-            return gate_id, AcceptOutcome.DUPLICATE
-        key = open_key(request)
-        # Locked: a worker closing this gate right now (apply) must finish first,
-        # or this job would join a gate whose final review is already recorded.
-        row = conn.execute(select(gates.c.id, gates.c.state).where(gates.c.open_key == key).with_for_update()).first()
-        if row is not None:
-            gate_id, outcome = row.id, AcceptOutcome.JOINED
-            reason = f"delivery {delivery_id} joined the gate"
-            if joins_during_review(GateState(row.state)):
-                conn.execute(update(gates).where(gates.c.id == gate_id).values(rereview=True))
-                reason += " while its review was being sent; GitHub will be answered once more"
-            record_transition(conn, gate_id, now, row.state, row.state, reason)
-        elif (answered := _answered_gate(conn, request)) is not None:
-            gate_id, outcome = answered.id, AcceptOutcome.DUPLICATE
-            reason = f"delivery {delivery_id} repeats deployment {request.deployment_id}, already answered; ignored"
-            record_transition(conn, gate_id, now, answered.state, answered.state, reason)
-        else:
-            gate_id, outcome = _insert_gate(conn, request, key, now, now + deadline), AcceptOutcome.CREATED
-            record_transition(conn, gate_id, now, None, GateState.NEW, f"delivery {delivery_id} opened the gate")
-        conn.execute(
-            insert(deliveries).values(
-                delivery_id=delivery_id, gate_id=gate_id, deployment_id=request.deployment_id, received_at=now
-            )
-        )
-        return gate_id, outcome
 
     def stored_deliveries(self, delivery_ids: Iterable[str]) -> set[str]:
         """Which of these GitHub delivery GUIDs we already hold."""
@@ -185,10 +85,6 @@ class DeliveryStore:
         query = select(deliveries.c.delivery_id).where(deliveries.c.gate_id == gate_id)
         with reading(self._engine) as conn:
             return list(conn.execute(query.order_by(deliveries.c.received_at)).scalars())
-
-
-def open_key(request: DeploymentRequest) -> str:
-    return f"{request.repository_id}:{request.run_id}:{request.environment}"
 
 
 def task_id_for(request: DeploymentRequest) -> str:
@@ -214,10 +110,93 @@ def _request_columns(request: DeploymentRequest) -> dict[str, Any]:
     }
 
 
-def _insert_gate(conn: Connection, request: DeploymentRequest, key: str, now: float, deadline_at: float) -> int:
-    values = _request_columns(request) | {
-        "task_id": task_id_for(request),
-        "open_key": key,
+# Built once: a statement built per call costs more than running it (docs/benchmarks.md, "B1").
+_DELIVERED = select(deliveries.c.delivery_id, deliveries.c.gate_id).where(
+    deliveries.c.delivery_id.in_(bindparam("names", expanding=True))
+)
+# Locked: a worker closing one of these gates right now (apply) must finish first,
+# or a job would join a gate whose final review is already recorded.
+_OPEN_NOW = (
+    select(gates.c.id, gates.c.state, gates.c.open_key)
+    .where(gates.c.open_key.in_(bindparam("keys", expanding=True)))
+    .with_for_update()
+)
+_ANSWERED = (
+    select(gates.c.id, gates.c.state, gates.c.repository_id, gates.c.run_id, gates.c.environment)
+    .add_columns(deliveries.c.deployment_id)
+    .join(deliveries, deliveries.c.gate_id == gates.c.id)
+    .where(gates.c.run_id.in_(bindparam("runs", expanding=True)))
+    .where(deliveries.c.deployment_id.in_(bindparam("deployments", expanding=True)))
+)
+_INSERT_GATES = insert(gates).returning(gates.c.id, sort_by_parameter_order=True)
+_INSERT_HISTORY = insert(gate_history)
+_INSERT_DELIVERIES = insert(deliveries)
+_REREVIEW = update(gates).where(gates.c.id.in_(bindparam("ids", expanding=True))).values(rereview=True)
+
+
+def _store_batch(conn: Connection, batch: Sequence[Delivery], now: float) -> list[Accepted]:
+    plan = plan_batch(batch, _known(conn, batch))
+    ids = _insert_gates(conn, plan.new_gates, now)
+
+    def gate_id(ref: GateRef) -> int:
+        return ids[-ref - 1] if ref < 0 else ref
+
+    if plan.rereview:
+        conn.execute(_REREVIEW, {"ids": plan.rereview})
+    _insert_rows(conn, _INSERT_HISTORY, [_history_row(entry, gate_id(entry.gate), now) for entry in plan.history])
+    stored = [
+        {"delivery_id": name, "gate_id": gate_id(ref), "deployment_id": deployment, "received_at": now}
+        for name, ref, deployment in plan.stored
+    ]
+    _insert_rows(conn, _INSERT_DELIVERIES, stored)
+    return [(gate_id(ref), outcome) for ref, outcome in plan.outcomes]
+
+
+def _history_row(entry: Transition, gate_id: int, now: float) -> dict[str, Any]:
+    before = entry.before and str(entry.before)
+    return {"gate_id": gate_id, "at": now, "from_state": before, "to_state": str(entry.after), "reason": entry.reason}
+
+
+def _insert_rows(conn: Connection, statement: Executable, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(statement, rows)
+
+
+def _known(conn: Connection, batch: Sequence[Delivery]) -> Known:
+    names = list({delivery.delivery_id for delivery in batch})
+    delivered = {row.delivery_id: row.gate_id for row in conn.execute(_DELIVERED, {"names": names})}
+    keys = list({delivery.open_key for delivery in batch})
+    open_gates = {row.open_key: (row.id, GateState(row.state)) for row in conn.execute(_OPEN_NOW, {"keys": keys})}
+    unplaced = [d for d in batch if d.delivery_id not in delivered and d.open_key not in open_gates]
+    return Known(delivered, open_gates, _answered_gates(conn, unplaced))
+
+
+def _answered_gates(conn: Connection, batch: Sequence[Delivery]) -> dict[AnsweredKey, tuple[int, GateState]]:
+    """Closed gates that already answered one of these deployments (a late duplicate of a delivery)."""
+    wanted = {key for delivery in batch if (key := delivery.answered_key) is not None}
+    if not wanted:
+        return {}
+    values = {"runs": list({key[1] for key in wanted}), "deployments": list({key[3] for key in wanted})}
+    found: dict[AnsweredKey, tuple[int, GateState]] = {}
+    for row in conn.execute(_ANSWERED, values):
+        key = (row.repository_id, row.run_id, row.environment, row.deployment_id)
+        if key in wanted:
+            found.setdefault(key, (row.id, GateState(row.state)))
+    return found
+
+
+def _insert_gates(conn: Connection, opened: Sequence[Delivery], now: float) -> list[int]:
+    """Insert the batch's new gates; their ids, in order."""
+    if not opened:
+        return []
+    inserted = conn.execute(_INSERT_GATES, [_gate_row(delivery, now) for delivery in opened])
+    return [int(gate_id) for gate_id in inserted.scalars()]
+
+
+def _gate_row(delivery: Delivery, now: float) -> dict[str, Any]:
+    return _request_columns(delivery.request) | {
+        "task_id": task_id_for(delivery.request),
+        "open_key": delivery.open_key,
         "state": GateState.NEW,
         "status_reported": False,
         "woken": False,
@@ -225,23 +204,7 @@ def _insert_gate(conn: Connection, request: DeploymentRequest, key: str, now: fl
         "polls": 0,
         "generation": 0,
         "next_attempt_at": now,
-        "deadline_at": deadline_at,
+        "deadline_at": now + delivery.deadline_seconds,
         "created_at": now,
         "updated_at": now,
     }
-    result = conn.execute(insert(gates).values(**values).returning(gates.c.id))
-    return int(result.scalar_one())
-
-
-def _answered_gate(conn: Connection, request: DeploymentRequest) -> Any:
-    """A closed gate that already answered this very deployment, if any."""
-    if request.deployment_id is None:
-        return None
-    query = (
-        select(gates.c.id, gates.c.state)
-        .join(deliveries, deliveries.c.gate_id == gates.c.id)
-        .where(gates.c.repository_id == request.repository_id, gates.c.run_id == request.run_id)
-        .where(gates.c.environment == request.environment, deliveries.c.deployment_id == request.deployment_id)
-        .limit(1)
-    )
-    return conn.execute(query).first()

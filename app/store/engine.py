@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
+
+from app.store import sqlite_writer
 
 # Execution option marking a connection that only reads (see the SQLite engine).
 READ_ONLY = "stacksona_read_only"
@@ -36,8 +40,9 @@ def make_engine(url: str, *, lock_timeout_seconds: float | None = None, **kwargs
 
 
 def _sqlite_engine(url: str, busy_timeout_seconds: float, **kwargs: Any) -> Engine:
-    connect_args = {"check_same_thread": False, "timeout": busy_timeout_seconds} | kwargs.pop("connect_args", {})
-    engine = create_engine(url, connect_args=connect_args, **kwargs)
+    connect_args = {"check_same_thread": False, "timeout": busy_timeout_seconds} | sqlite_writer.connect_args()
+    engine = create_engine(url, connect_args=connect_args | kwargs.pop("connect_args", {}), **kwargs)
+    database = engine.url.database or ""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -57,8 +62,21 @@ def _sqlite_engine(url: str, busy_timeout_seconds: float, **kwargs: Any) -> Engi
         # Readers take no write lock: under WAL they never block the writer.
         # A writer waits (busy timeout) here only: once BEGIN IMMEDIATE holds
         # the lock, no later statement of the transaction waits again.
-        read_only = connection.get_execution_options().get(READ_ONLY, False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(READ_ONLY, False):
+            connection.exec_driver_sql("BEGIN")
+            return
+        dbapi = connection.connection.dbapi_connection
+        writer = sqlite_writer.writer_lock_for(database)  # looked up now: gunicorn forks after the engine is made
+        if writer is None or not isinstance(dbapi, sqlite_writer.LockingConnection):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        if not dbapi.take_writer(writer, busy_timeout_seconds):
+            raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            dbapi.give_back_writer()
+            raise
 
     return engine
 
