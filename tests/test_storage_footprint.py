@@ -59,6 +59,11 @@ def indexes_0007(engine: Engine) -> dict[str, list[str]]:
     return INDEXES_0007 | CLAIM_INDEXES_0007[engine.dialect.name]
 
 
+def indexes_now(engine: Engine) -> dict[str, list[str]]:
+    """0009 added the index of woken gates."""
+    return indexes_0007(engine) | {"ix_gates_woken": ["next_attempt_at"]}
+
+
 def populate_0006(engine: Engine) -> dict[str, list[int]]:
     """What `populate` leaves, written without the store, whose queries follow the newest schema."""
     ids = open_gates(engine, 12)
@@ -109,12 +114,23 @@ def test_0007_downgrades_to_the_indexes_it_replaced_and_upgrades_again(blank: En
     move_to(blank, "0006", down=True)
     assert gate_indexes(blank) == INDEXES_0006
     migrate(blank)
-    assert gate_indexes(blank) == indexes_0007(blank)
+    assert gate_indexes(blank) == indexes_now(blank)
+
+
+def test_a_claim_looks_for_woken_gates_in_their_own_index_first(engine: Engine) -> None:
+    store = Store.open(engine, FakeClock(START))
+    plan = query_plan(engine, "FROM gates", lambda: store.gates.claim_due("w1", limit=1, lease_seconds=60))
+    if engine.dialect.name == "sqlite":
+        assert "USING INDEX ix_gates_woken (next_attempt_at<?)" in plan, plan
+    else:
+        # A bitmap scan and a sort of the woken gates: a handful at any time.
+        assert "on ix_gates_woken" in plan and "Seq Scan" not in plan, plan
 
 
 def test_a_claim_reads_due_open_gates_only(engine: Engine) -> None:
     store = Store.open(engine, FakeClock(START))
-    plan = query_plan(engine, "FROM gates", lambda: store.gates.claim_due("w1", limit=1, lease_seconds=60))
+    claim = lambda: store.gates.claim_due("w1", limit=1, lease_seconds=60)  # noqa: E731
+    plan = query_plan(engine, "FROM gates", claim, which=-1)
     if engine.dialect.name == "sqlite":
         # One range per open state; SQLite stops each range at its first row (ORDER BY ... LIMIT).
         assert "USING INDEX ix_gates_due (state=? AND next_attempt_at<?)" in plan, plan
@@ -143,7 +159,7 @@ def test_a_late_duplicate_of_an_answered_deployment_is_found_by_its_run(engine: 
     assert "ix_gates_run" in plan, plan
 
 
-def query_plan(engine: Engine, marker: str, run: Callable[[], object]) -> str:
+def query_plan(engine: Engine, marker: str, run: Callable[[], object], *, which: int = 0) -> str:
     """The plan of the first SELECT or UPDATE (the claim) `run` sends that contains `marker`, with its parameters.
 
     PostgreSQL plans a table this small with a sequential scan whatever its indexes: the
@@ -160,7 +176,7 @@ def query_plan(engine: Engine, marker: str, run: Callable[[], object]) -> str:
         run()
     finally:
         event.remove(engine, "before_cursor_execute", capture)
-    statement, parameters = sent[0]
+    statement, parameters = sent[which]
     with engine.begin() as conn:
         return _explain(conn, statement, parameters)
 

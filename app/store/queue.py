@@ -9,9 +9,10 @@ A gate's policy is stored once per distinct policy; app/store/policies.py transl
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, text, update
+from sqlalchemy import Connection, Engine, func, select, text, true, update
 
 from app.core.gate import FINAL_STATES, OPEN_STATES, Change, Gate, GateState, HistoryEntry
 from app.core.operator import Refused, due_after_step
@@ -21,6 +22,14 @@ from app.core.transitions import next_attempt_at
 from app.store.policies import PolicyCache
 from app.store.records import history_entry, plain, reading, record_transition
 from app.store.schema import gate_history, gates
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A step's result as written, and the gate still leased for its next step if that is due at once."""
+
+    change: Change
+    next: Gate | None = None
 
 
 class GateQueue:
@@ -34,27 +43,29 @@ class GateQueue:
             conn.execute(text("SELECT 1"))
 
     def claim_due(self, owner: str, *, limit: int, lease_seconds: float) -> list[Gate]:
-        """Lease up to `limit` due gates; each lease bumps the gate's generation."""
+        """Lease up to `limit` due gates, those a callback woke first; each lease bumps the gate's generation.
+
+        A woken gate has a reviewer's decision waiting: it goes before the gates
+        due earlier (a burst of new ones), so that decision reaches GitHub at once.
+        """
         now = self._clock()
-        due = (
-            select(gates.c.id)
-            .where(gates.c.state.in_(OPEN_STATES), gates.c.next_attempt_at <= now)
-            .where((gates.c.lease_expires_at.is_(None)) | (gates.c.lease_expires_at < now))
-            .order_by(gates.c.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        # One statement: the due gates are leased and returned (PostgreSQL: rows locked by other claims are skipped).
         with self._policies.transaction() as policy, self._engine.begin() as conn:
-            rows = conn.execute(_lease(gates.c.id.in_(due), owner, now + lease_seconds)).all()
-            claimed = [policy.gate(conn, row._mapping) for row in rows]
-        return sorted(claimed, key=lambda gate: gate.next_attempt_at)
+            woken = conn.execute(_lease(gates.c.id.in_(_due(now, limit, woken=True)), owner, now + lease_seconds))
+            rows = sorted(woken, key=_due_at)
+            if len(rows) < limit:
+                due = _due(now, limit - len(rows), woken=False)
+                rows += sorted(conn.execute(_lease(gates.c.id.in_(due), owner, now + lease_seconds)), key=_due_at)
+            return [policy.gate(conn, row._mapping) for row in rows]
 
-    def apply(self, gate: Gate, change: Change) -> Change | None:
-        """Write a step's result if this worker still holds the gate's lease.
+    def apply(self, gate: Gate, change: Change, *, carry_on_seconds: float | None = None) -> Applied | None:
+        """Write a step's result if this worker still holds the gate's lease; None when the lease was lost.
 
-        Returns the change as written (a job that joined meanwhile may send the
-        gate back to reporting), or None when the lease was lost.
+        The change as written may differ (a job that joined meanwhile sends the
+        gate back to reporting). With `carry_on_seconds`, a gate whose next step
+        is due at once stays leased that long and comes back as `Applied.next`:
+        the worker runs that step now instead of claiming the gate again, so a
+        gate Stacksona allows is reviewed without waiting behind every new gate
+        (docs/benchmarks.md, "B3").
         """
         now = self._clock()
         with self._policies.transaction() as policy, self._engine.begin() as conn:
@@ -69,10 +80,20 @@ class GateQueue:
             if needs_answer_again(rereview=held.rereview, before=gate.state, after=change.state):
                 change = answer_again(change, now=now)
             values = policy.columns(conn, _columns(change, now, held))
-            conn.execute(update(gates).where(gates.c.id == gate.id).values(**values))
+            carry_on = carry_on_seconds is not None and change.state in OPEN_STATES
+            carry_on = carry_on and values["next_attempt_at"] <= now
+            if carry_on:
+                # Held on as a claim would lease it (same owner and generation: the lease never lapsed).
+                values |= {"lease_owner": gate.lease_owner, "lease_expires_at": now + (carry_on_seconds or 0.0)}
+                values |= {"woken": False}
+            update_gate = update(gates).where(gates.c.id == gate.id).values(**values)
             if change.record or change.state != gate.state:
                 record_transition(conn, gate.id, now, gate.state, change.state, change.reason)
-            return change
+            if not carry_on:
+                conn.execute(update_gate)
+                return Applied(change)
+            row = conn.execute(update_gate.returning(*gates.c)).one()
+            return Applied(change, policy.gate(conn, row._mapping))
 
     def mark(self, gate: Gate, values: Mapping[str, Any], *, lease_seconds: float) -> bool:
         """Record that a step is about to call out, if this worker still holds a live lease.
@@ -188,6 +209,20 @@ class GateQueue:
         return 0.0 if oldest is None else max(0.0, self._clock() - float(oldest))
 
 
+def _due(now: float, limit: int, *, woken: bool) -> Any:
+    """Due gates nobody holds, oldest first (PostgreSQL: rows locked by other claims are skipped)."""
+    query = select(gates.c.id).where(gates.c.next_attempt_at <= now)
+    # Only open gates are woken (a closing step clears it): no state term, or SQLite walks ix_gates_due.
+    query = query.where(gates.c.woken == true(), gates.c.closed_at.is_(None)) if woken else query
+    query = query if woken else query.where(gates.c.state.in_(OPEN_STATES))
+    free = (gates.c.lease_expires_at.is_(None)) | (gates.c.lease_expires_at < now)
+    return query.where(free).order_by(gates.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
+
+
+def _due_at(row: Any) -> float:
+    return float(row.next_attempt_at)
+
+
 def _lease(which: Any, owner: str, expires_at: float) -> Any:
     """Lease the gates `which` selects to `owner` under a new generation; returns their rows (one statement)."""
     values = {"lease_owner": owner, "lease_expires_at": expires_at, "woken": False, "retry_asked": False}
@@ -197,7 +232,7 @@ def _lease(which: Any, owner: str, expires_at: float) -> Any:
 def _columns(change: Change, now: float, held: Any) -> dict[str, Any]:
     values = plain(dict(change.values))
     if change.state in FINAL_STATES:
-        values |= {"open_key": None, "closed_at": now}
+        values |= {"open_key": None, "closed_at": now, "woken": False}
     planned = next_attempt_at(change.values, now=now, woken=held.woken)
     return values | {
         "state": str(change.state),

@@ -98,6 +98,9 @@ gates = Table(
     Index("ix_gates_due", "next_attempt_at", postgresql_where=text(_OPEN)).ddl_if(dialect="postgresql"),
     _partial_index("ix_gates_thread_id", "thread_id", "thread_id IS NOT NULL"),
     Index("ix_gates_run", "run_id"),
+    # Gates a Stacksona callback made due, claimed before the others (migration 0009).
+    Index("ix_gates_woken", "next_attempt_at", sqlite_where=text("woken = 1")).ddl_if(dialect="sqlite"),
+    Index("ix_gates_woken", "next_attempt_at", postgresql_where=text("woken")).ddl_if(dialect="postgresql"),
     # Pruning finds old closed gates without reading open ones (on SQLite through ix_gates_due).
     _partial_index("ix_gates_closed", "closed_at", "closed_at IS NOT NULL").ddl_if(dialect="postgresql"),
 )

@@ -76,11 +76,13 @@ def writer_lock_for(database: str) -> WriterLock | None:
     """This process's lock for a database file; None for an in-memory database or an unwritable directory."""
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
-    key = (os.getpid(), os.path.realpath(database))  # a forked process must open its own file description
+    key = (os.getpid(), database)  # a forked process must open its own file description
+    if (known := _locks.get(key)) is not None:
+        return known
     with _registry_lock:
         if key not in _locks:
             try:
-                _locks[key] = WriterLock(f"{key[1]}-writer.lock")
+                _locks[key] = WriterLock(f"{os.path.realpath(database)}-writer.lock")
             except OSError:
                 return None
         return _locks[key]
