@@ -166,8 +166,10 @@ def measure_turn(sims: Sims, backend: str, topology: str, loaded: bool, args: ar
 
 def _sample(sims: Sims, web: Served, turn: Turn, timeout: float) -> None:
     reviewed, allowed = next(sims.next_run), next(sims.next_run)
+    # A thread left pending by an earlier turn (its App stopped first) must not pass for this sample's.
+    earlier = set(sims.stacksona.pending_threads())
     _deliver(sims, web, reviewed, REVIEWED)
-    thread = _wait(lambda: _pending_thread(sims), timeout)
+    thread = _wait(lambda: _new_pending_thread(sims, earlier), timeout)
     if thread is None:
         turn.missing += 1
         return
@@ -197,9 +199,8 @@ def _deliver(sims: Sims, web: Served, run_id: int, environment: str) -> float:
     return time.time()
 
 
-def _pending_thread(sims: Sims) -> str | None:
-    pending = sims.stacksona.pending_threads()
-    return pending[0] if pending else None
+def _new_pending_thread(sims: Sims, earlier: set[str]) -> str | None:
+    return next((thread for thread in sims.stacksona.pending_threads() if thread not in earlier), None)
 
 
 def _final_review_at(sims: Sims, run_id: int) -> float | None:
