@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, text, true, update
+from sqlalchemy import Connection, Engine, Float, Integer, bindparam, func, select, text, true, update
 
 from app.core.gate import FINAL_STATES, OPEN_STATES, Change, Gate, GateState, HistoryEntry
 from app.core.operator import Refused, due_after_step
@@ -49,12 +49,11 @@ class GateQueue:
         due earlier (a burst of new ones), so that decision reaches GitHub at once.
         """
         now = self._clock()
+        lease = {"b_now": now, "b_owner": owner, "b_expires": now + lease_seconds}
         with self._policies.transaction() as policy, self._engine.begin() as conn:
-            woken = conn.execute(_lease(gates.c.id.in_(_due(now, limit, woken=True)), owner, now + lease_seconds))
-            rows = sorted(woken, key=_due_at)
+            rows = sorted(conn.execute(_CLAIM_WOKEN, lease | {"b_limit": limit}), key=_due_at)
             if len(rows) < limit:
-                due = _due(now, limit - len(rows), woken=False)
-                rows += sorted(conn.execute(_lease(gates.c.id.in_(due), owner, now + lease_seconds)), key=_due_at)
+                rows += sorted(conn.execute(_CLAIM_DUE, lease | {"b_limit": limit - len(rows)}), key=_due_at)
             return [policy.gate(conn, row._mapping) for row in rows]
 
     def apply(self, gate: Gate, change: Change, *, carry_on_seconds: float | None = None) -> Applied | None:
@@ -69,12 +68,7 @@ class GateQueue:
         """
         now = self._clock()
         with self._policies.transaction() as policy, self._engine.begin() as conn:
-            held = conn.execute(
-                select(gates.c.rereview, gates.c.woken, gates.c.retry_asked)
-                .where(gates.c.id == gate.id, gates.c.generation == gate.generation)
-                .where(gates.c.lease_owner == gate.lease_owner)
-                .with_for_update()
-            ).first()
+            held = conn.execute(_HELD, _holder(gate)).first()
             if held is None:
                 return None
             if needs_answer_again(rereview=held.rereview, before=gate.state, after=change.state):
@@ -86,13 +80,12 @@ class GateQueue:
                 # Held on as a claim would lease it (same owner and generation: the lease never lapsed).
                 values |= {"lease_owner": gate.lease_owner, "lease_expires_at": now + (carry_on_seconds or 0.0)}
                 values |= {"woken": False}
-            update_gate = update(gates).where(gates.c.id == gate.id).values(**values)
             if change.record or change.state != gate.state:
                 record_transition(conn, gate.id, now, gate.state, change.state, change.reason)
             if not carry_on:
-                conn.execute(update_gate)
+                conn.execute(_SET_GATE, values | {"b_id": gate.id})
                 return Applied(change)
-            row = conn.execute(update_gate.returning(*gates.c)).one()
+            row = conn.execute(_SET_GATE_RETURNING, values | {"b_id": gate.id}).one()
             return Applied(change, policy.gate(conn, row._mapping))
 
     def mark(self, gate: Gate, values: Mapping[str, Any], *, lease_seconds: float) -> bool:
@@ -105,12 +98,8 @@ class GateQueue:
         """
         now = self._clock()
         with self._policies.transaction() as policy, self._engine.begin() as conn:
-            result = conn.execute(
-                update(gates)
-                .where(gates.c.id == gate.id, gates.c.generation == gate.generation)
-                .where(gates.c.lease_owner == gate.lease_owner, gates.c.lease_expires_at > now)
-                .values(**policy.columns(conn, values), updated_at=now, lease_expires_at=now + lease_seconds)
-            )
+            written = policy.columns(conn, values) | {"updated_at": now, "lease_expires_at": now + lease_seconds}
+            result = conn.execute(_MARK, written | _holder(gate) | {"b_now": now})
             return result.rowcount == 1
 
     def renew(self, running: Sequence[Gate], *, lease_seconds: float) -> list[int]:
@@ -209,24 +198,47 @@ class GateQueue:
         return 0.0 if oldest is None else max(0.0, self._clock() - float(oldest))
 
 
-def _due(now: float, limit: int, *, woken: bool) -> Any:
+def _due(*, woken: bool) -> Any:
     """Due gates nobody holds, oldest first (PostgreSQL: rows locked by other claims are skipped)."""
+    now: Any = bindparam("b_now", type_=Float)
     query = select(gates.c.id).where(gates.c.next_attempt_at <= now)
     # Only open gates are woken (a closing step clears it): no state term, or SQLite walks ix_gates_due.
     query = query.where(gates.c.woken == true(), gates.c.closed_at.is_(None)) if woken else query
     query = query if woken else query.where(gates.c.state.in_(OPEN_STATES))
     free = (gates.c.lease_expires_at.is_(None)) | (gates.c.lease_expires_at < now)
+    limit = bindparam("b_limit", type_=Integer)
     return query.where(free).order_by(gates.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
+
+
+def _lease_due(*, woken: bool) -> Any:
+    """Lease the due gates to `b_owner` under a new generation; their rows (one statement)."""
+    values: dict[str, Any] = {"lease_owner": bindparam("b_owner"), "lease_expires_at": bindparam("b_expires")}
+    values |= {"woken": False, "retry_asked": False, "generation": gates.c.generation + 1}
+    return update(gates).where(gates.c.id.in_(_due(woken=woken))).values(**values).returning(*gates.c)
+
+
+def _holder(gate: Gate) -> dict[str, Any]:
+    return {"b_id": gate.id, "b_generation": gate.generation, "b_owner": gate.lease_owner}
+
+
+# Built once, with bound parameters (b_*) where they vary: building a statement per call
+# costs more than running it (docs/benchmarks.md, "B3"). An UPDATE built without values
+# sets the columns named by the parameters it is run with.
+_CLAIM_WOKEN = _lease_due(woken=True)
+_CLAIM_DUE = _lease_due(woken=False)
+_HOLDS = (
+    (gates.c.id == bindparam("b_id"))
+    & (gates.c.generation == bindparam("b_generation"))
+    & (gates.c.lease_owner == bindparam("b_owner"))
+)
+_HELD = select(gates.c.rereview, gates.c.woken, gates.c.retry_asked).where(_HOLDS).with_for_update()
+_MARK = update(gates).where(_HOLDS, gates.c.lease_expires_at > bindparam("b_now"))
+_SET_GATE = update(gates).where(gates.c.id == bindparam("b_id"))
+_SET_GATE_RETURNING = _SET_GATE.returning(*gates.c)
 
 
 def _due_at(row: Any) -> float:
     return float(row.next_attempt_at)
-
-
-def _lease(which: Any, owner: str, expires_at: float) -> Any:
-    """Lease the gates `which` selects to `owner` under a new generation; returns their rows (one statement)."""
-    values = {"lease_owner": owner, "lease_expires_at": expires_at, "woken": False, "retry_asked": False}
-    return update(gates).where(which).values(**values, generation=gates.c.generation + 1).returning(*gates.c)
 
 
 def _columns(change: Change, now: float, held: Any) -> dict[str, Any]:

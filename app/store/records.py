@@ -17,11 +17,15 @@ def reading(engine: Engine) -> Connection:
     return engine.connect().execution_options(**{READ_ONLY: True})
 
 
+# Built once: building a statement per call costs more than running it (docs/benchmarks.md, "B3").
+_INSERT_HISTORY = insert(gate_history)
+
+
 def record_transition(
     conn: Connection, gate_id: int, at: float, before: GateState | None, after: GateState, reason: str
 ) -> None:
     row = {"gate_id": gate_id, "at": at, "from_state": before and str(before), "to_state": str(after), "reason": reason}
-    conn.execute(insert(gate_history).values(**row))
+    conn.execute(_INSERT_HISTORY, row)
 
 
 def gate_from_row(row: RowMapping, policy: str | None) -> Gate:
