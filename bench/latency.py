@@ -149,14 +149,18 @@ def _contender(
 
 
 def measure_turn(sims: Sims, backend: str, topology: str, loaded: bool, args: argparse.Namespace) -> Turn:
+    """Gates awaiting a reviewer are opened first; then, under the load if any, each is approved in turn
+    (callback latency) and an `allow` is delivered beside it (allow latency, waited for at the end)."""
     turn = Turn()
     with database_url(backend, sims.tmp) as url, _app(sims, topology, url) as (web, pids):
+        waiting = _open_reviewed_gates(sims, web, args.samples, args.timeout)
+        turn.missing += args.samples - len(waiting)
         load = _start_load(sims, web, args) if loaded else None
         try:
             with PeakMemory(pids) as memory:
                 time.sleep(1.0 if loaded else 0.0)  # the load is flowing before the first sample
-                for _ in range(args.samples):
-                    _sample(sims, web, turn, args.timeout)
+                allowed = [_sample(sims, web, turn, run_id, thread, args.timeout) for run_id, thread in waiting]
+                _wait_for_allowed(sims, turn, allowed, args.timeout)
         finally:
             if load is not None:
                 turn.load = _finish_load(load)
@@ -164,26 +168,40 @@ def measure_turn(sims: Sims, backend: str, topology: str, loaded: bool, args: ar
     return turn
 
 
-def _sample(sims: Sims, web: Served, turn: Turn, timeout: float) -> None:
-    reviewed, allowed = next(sims.next_run), next(sims.next_run)
-    # A thread left pending by an earlier turn (its App stopped first) must not pass for this sample's.
-    earlier = set(sims.stacksona.pending_threads())
-    _deliver(sims, web, reviewed, REVIEWED)
-    thread = _wait(lambda: _new_pending_thread(sims, earlier), timeout)
-    if thread is None:
-        turn.missing += 1
-        return
+def _open_reviewed_gates(sims: Sims, web: Served, count: int, timeout: float) -> list[tuple[int, str]]:
+    """Gates Stacksona put in front of a reviewer: (run, thread) of each whose thread opened in time."""
+    opened: list[tuple[int, str]] = []
+    for _ in range(count):
+        run_id = next(sims.next_run)
+        # A thread left pending by an earlier turn (its App stopped first) must not pass for this one's.
+        earlier = set(sims.stacksona.pending_threads())
+        _deliver(sims, web, run_id, REVIEWED)
+        if (thread := _wait(lambda e=earlier: _new_pending_thread(sims, e), timeout)) is not None:  # type: ignore[misc]
+            opened.append((run_id, thread))
+    return opened
+
+
+def _sample(sims: Sims, web: Served, turn: Turn, run_id: int, thread: str, timeout: float) -> tuple[int, float]:
+    """Approves one waiting gate and times its review; delivers an `allow` (returned: its run and 202 time)."""
     called = time.time()
     sims.stacksona.decide(thread, "approved")  # Stacksona then calls the App back
-    if (review := _wait(lambda: _final_review_at(sims, reviewed), timeout)) is None:
+    if (review := _wait(lambda: _final_review_at(sims, run_id), timeout)) is None:
         turn.missing += 1
     else:
         turn.callback.append(max(0.0, review - called))
-    answered = _deliver(sims, web, allowed, ALLOWED)
-    if (review := _wait(lambda: _final_review_at(sims, allowed), timeout)) is None:
-        turn.missing += 1
-    else:
-        turn.allow.append(max(0.0, review - answered))
+    allowed = next(sims.next_run)
+    return allowed, _deliver(sims, web, allowed, ALLOWED)
+
+
+def _wait_for_allowed(sims: Sims, turn: Turn, allowed: list[tuple[int, float]], timeout: float) -> None:
+    """Under a load the worker cannot keep up with, an `allow` waits behind every gate delivered before it."""
+    deadline = time.monotonic() + timeout
+    for run_id, answered in allowed:
+        left = max(0.0, deadline - time.monotonic())
+        if (review := _wait(lambda r=run_id: _final_review_at(sims, r), left)) is None:  # type: ignore[misc]
+            turn.missing += 1
+        else:
+            turn.allow.append(max(0.0, review - answered))
 
 
 def _deliver(sims: Sims, web: Served, run_id: int, environment: str) -> float:
