@@ -18,7 +18,7 @@ from app.settings import Settings, SettingsError
 from app.store import Store
 from app.store.engine import make_engine, migrate
 from app.telemetry import logs
-from app.worker.loop import Worker
+from app.worker.loop import IDLE_SECONDS, Worker
 from app.worker.services import Services
 
 
@@ -29,7 +29,7 @@ class Runtime:
     store: Store
     services: Services
 
-    def worker(self, *, idle_seconds: float = 0.5) -> Worker:
+    def worker(self, *, idle_seconds: float = IDLE_SECONDS) -> Worker:
         return Worker(self.store, self.services, idle_seconds=idle_seconds)
 
     def close(self) -> None:

@@ -738,3 +738,52 @@ def test_concurrent_claimers_never_share_a_gate(store: Store, engine: Engine, cl
         owners = {row.id: row.lease_owner for row in conn.execute(select(gates.c.id, gates.c.lease_owner))}
     for i, ids in enumerate(results):
         assert all(owners[gate_id] == f"w{i}" for gate_id in ids)
+
+
+def test_a_claim_takes_woken_gates_before_gates_due_earlier(store: Store, clock: FakeClock) -> None:
+    woken_id = _awaiting_gate(store, clock)
+    clock.advance(10)
+    backlog = [accept(store, f"d-backlog-{run}", run_id=100 + run)[0] for run in range(3)]  # due before the callback
+    clock.advance(1)
+    assert store.gates.wake(thread_id="th-1", task_id=None) is not None
+
+    assert [g.id for g in store.gates.claim_due("w1", limit=1, lease_seconds=LEASE)] == [woken_id]
+    assert sorted(g.id for g in store.gates.claim_due("w1", limit=10, lease_seconds=LEASE)) == backlog
+
+
+def test_a_woken_only_claim_leaves_the_backlog_alone(store: Store, clock: FakeClock) -> None:
+    woken_id = _awaiting_gate(store, clock)
+    clock.advance(10)
+    accept(store, "d-backlog", run_id=100)
+    assert store.gates.claim_due("w1", limit=5, lease_seconds=LEASE, woken_only=True) == []
+    store.gates.wake(thread_id="th-1", task_id=None)
+    claimed = store.gates.claim_due("w1", limit=5, lease_seconds=LEASE, woken_only=True)
+    assert [g.id for g in claimed] == [woken_id]
+
+
+def test_a_step_due_at_once_carries_on_under_the_same_lease(store: Store, engine: Engine, clock: FakeClock) -> None:
+    gate_id, _ = accept(store, "d-carry")
+    gate = claim_one(store, "w1")
+    verdict = {"verdict": GateState.APPROVED}
+    applied = store.gates.apply(gate, Change(GateState.REPORTING, "allowed", verdict), carry_on_seconds=LEASE)
+
+    assert applied is not None and applied.next is not None
+    assert (applied.next.id, applied.next.state, applied.next.generation) == (
+        gate_id,
+        GateState.REPORTING,
+        gate.generation,
+    )
+    assert column(engine, gate_id, "lease_owner") == "w1"
+    assert store.gates.claim_due("w2", limit=10, lease_seconds=LEASE) == []  # nobody else takes it meanwhile
+    closed = store.gates.apply(applied.next, Change(GateState.APPROVED, "approved"), carry_on_seconds=LEASE)
+    assert closed is not None and closed.next is None  # a closed gate never carries on
+    assert column(engine, gate_id, "lease_owner") is None
+
+
+def test_a_step_due_later_does_not_carry_on(store: Store, engine: Engine, clock: FakeClock) -> None:
+    gate_id, _ = accept(store, "d-later")
+    gate = claim_one(store, "w1")
+    asked = Change(GateState.AWAITING_REVIEW, "asked", {"next_attempt_at": clock.now + 60})
+    applied = store.gates.apply(gate, asked, carry_on_seconds=LEASE)
+    assert applied is not None and applied.next is None
+    assert column(engine, gate_id, "lease_owner") is None

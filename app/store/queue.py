@@ -42,7 +42,7 @@ class GateQueue:
         with reading(self._engine) as conn:
             conn.execute(text("SELECT 1"))
 
-    def claim_due(self, owner: str, *, limit: int, lease_seconds: float) -> list[Gate]:
+    def claim_due(self, owner: str, *, limit: int, lease_seconds: float, woken_only: bool = False) -> list[Gate]:
         """Lease up to `limit` due gates, those a callback woke first; each lease bumps the gate's generation.
 
         A woken gate has a reviewer's decision waiting: it goes before the gates
@@ -52,7 +52,7 @@ class GateQueue:
         lease = {"b_now": now, "b_owner": owner, "b_expires": now + lease_seconds}
         with self._policies.transaction() as policy, self._engine.begin() as conn:
             rows = sorted(conn.execute(_CLAIM_WOKEN, lease | {"b_limit": limit}), key=_due_at)
-            if len(rows) < limit:
+            if len(rows) < limit and not woken_only:
                 rows += sorted(conn.execute(_CLAIM_DUE, lease | {"b_limit": limit - len(rows)}), key=_due_at)
             return [policy.gate(conn, row._mapping) for row in rows]
 

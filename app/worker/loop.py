@@ -23,10 +23,14 @@ from app.worker.steps import LeaseLost, run_step, tell_stacksona
 
 log = logging.getLogger(__name__)
 
-IDLE_SECONDS = 0.5
+# An idle worker looks for due gates this often: a `web` process's callback reaches a separate worker
+# through the database only (docs/benchmarks.md, "B2").
+IDLE_SECONDS = 0.1
 # A gate whose next step is due at once (allowed: the review) carries on in the same thread,
 # up to this many steps, rather than queueing behind every gate due before it.
 MAX_STEPS_IN_A_ROW = 4
+# Threads beyond WORKER_CONCURRENCY kept for gates a Stacksona callback woke (docs/benchmarks.md, "B2").
+WOKEN_RESERVE = 1
 # On stop, running steps get this long to finish; the leases of those still
 # running are then released. Below the clients' 10 s read timeout, so a stuck
 # call cannot hold a shutdown past Kubernetes' grace (docs/operations.md).
@@ -97,10 +101,15 @@ class Worker:
         step still waits on a call (its lease is released, see `run`).
         """
         with self._running_lock:
-            free = self._concurrency - self._busy
-        if free <= 0:
+            busy = self._busy
+        if busy < self._concurrency:
+            gates = self._claim(self._concurrency - busy)
+        elif busy < self._concurrency + WOKEN_RESERVE:
+            # Every thread is busy with the backlog: one more takes a gate a callback woke, so a
+            # reviewer's decision reaches GitHub without waiting for a thread to free up.
+            gates = self._claim(WOKEN_RESERVE, woken_only=True)
+        else:
             return 0
-        gates = self._claim(free)
         for gate in gates:
             with self._running_lock:
                 self._running[gate.id] = gate
@@ -186,9 +195,10 @@ class Worker:
             context = gate_context(by_id[gate_id])
             log.warning("gate %s: lease lost while its step runs; its result will be discarded", gate_id, extra=context)
 
-    def _claim(self, limit: int) -> list[Gate]:
+    def _claim(self, limit: int, *, woken_only: bool = False) -> list[Gate]:
         try:
-            return self._store.gates.claim_due(self._owner, limit=limit, lease_seconds=self._lease_seconds)
+            lease = self._lease_seconds
+            return self._store.gates.claim_due(self._owner, limit=limit, lease_seconds=lease, woken_only=woken_only)
         except Exception:
             log.exception("cannot claim gates (database unavailable?)")
             return []
