@@ -12,14 +12,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from sqlalchemy import Engine
 
 from app import __version__
 from app.core.gate import OPEN_STATES
 from app.gates_report import gate_detail, gate_table
-from app.runtime import build_runtime, configure_logging, open_database
+from app.runtime import build_runtime, configure_logging, limit_malloc_arenas, migrate_apart, open_database
 from app.settings import Settings, SettingsError, database_url, load_settings, log_format, merged_environment
 from app.store import Store
 from app.telemetry.metrics import metrics_directory
@@ -109,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load() -> Settings:
+    limit_malloc_arenas()  # before any thread starts (serve, web, worker)
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     for notice in settings.notices:  # e.g. a deprecated setting in use: said once, at start
@@ -127,33 +127,24 @@ def _web(args: argparse.Namespace) -> int:
 
 
 def _run_gunicorn(settings: Settings, *, with_worker: bool, processes: int) -> int:
-    from app.server import REQUEST_THREADS, GateServer
+    from app.onboarding.startup import startup_checks_apart
 
-    open_database(settings.database_url).dispose()  # migrate once, before any process forks
-    log.info(
-        "listening on %s:%s (worker %s)", settings.host, settings.port, "in-process" if with_worker else "separate"
-    )
-    server = GateServer(settings, with_worker=with_worker, processes=processes, threads=REQUEST_THREADS)
-    _check_from_first_gunicorn_worker(server, settings)
-    with metrics_directory():  # before gunicorn forks: every process counts into it
-        server.run()
+    with metrics_directory():  # before anything forks: every process counts into it
+        migrate_apart(settings.database_url)  # once, before gunicorn forks
+        # Not in the master (a thread there would be copied into each fork mid-call, with
+        # whatever locks it held) nor in a request process (it would keep their imports);
+        # forked before Flask and gunicorn are imported, so the child holds less.
+        with startup_checks_apart(settings):
+            from app.server import REQUEST_THREADS, GateServer
+
+            log.info(
+                "listening on %s:%s (worker %s)",
+                settings.host,
+                settings.port,
+                "in-process" if with_worker else "separate",
+            )
+            GateServer(settings, with_worker=with_worker, processes=processes, threads=REQUEST_THREADS).run()
     return 0
-
-
-def _check_from_first_gunicorn_worker(server: Any, settings: Settings) -> None:
-    """The start-up checks run in the first worker gunicorn forks, not in its master.
-
-    A check thread in the master would be copied into each fork mid-call, with
-    whatever locks it held: the forked worker then hangs before it serves.
-    """
-    earlier = server.cfg.post_fork
-
-    def post_fork(arbiter: Any, worker: Any) -> None:
-        earlier(arbiter, worker)
-        if worker.age == 1:  # gunicorn numbers the workers it spawns; later ones replace a dead one
-            _start_startup_checks(settings)
-
-    server.cfg.set("post_fork", post_fork)
 
 
 def _worker(_args: argparse.Namespace) -> int:
@@ -165,7 +156,8 @@ def _worker(_args: argparse.Namespace) -> int:
 def _run_worker(settings: Settings) -> int:
     from app.worker.health import start_health_server
 
-    runtime = build_runtime(settings, engine=open_database(settings.database_url))
+    migrate_apart(settings.database_url)
+    runtime = build_runtime(settings)
     _start_startup_checks(settings)
     stop = threading.Event()
 

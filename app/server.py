@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
@@ -21,7 +21,11 @@ from app.settings import Settings
 from app.store import Store
 from app.store.engine import make_engine
 from app.telemetry.metrics import forget_process
-from app.worker.loop import STOP_BUDGET_SECONDS, Worker
+
+if TYPE_CHECKING:
+    # Only `serve` runs the worker, and imports it after gunicorn forked (in `load`): the
+    # master, and through it every `web` process, stays without githubkit (docs/benchmarks.md, Memory).
+    from app.worker.loop import Worker
 
 # SIGTERM to exit within 20 s (Kubernetes kills at 30 s): requests answer within
 # GitHub's 10 s, the in-process worker's steps get STOP_BUDGET_SECONDS, then gunicorn kills.
@@ -152,6 +156,8 @@ class GateServer(BaseApplication):  # type: ignore[misc]
         """Wait for the in-process worker (its steps finish or are released), then close what this process built."""
         self._stop_gate_worker()
         if self._gate_worker is not None:
+            from app.worker.loop import STOP_BUDGET_SECONDS
+
             self._gate_worker[1].join(timeout=STOP_BUDGET_SECONDS + 3)
         if self._runtime is not None:
             self._runtime.close()

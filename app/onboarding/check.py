@@ -15,11 +15,8 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from app.clients.github import GitHubClient
@@ -31,6 +28,9 @@ from app.runtime import first_line, missing_sqlite_file, redacted_url
 from app.settings import Settings
 from app.store import migrations
 from app.store.engine import READ_ONLY, make_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = ["Line", "all_passed", "run_check", "start_startup_checks"]
 
@@ -116,6 +116,9 @@ def database_line(url: str) -> Line:
 
 def database_state(url: str) -> DatabaseState:
     """Reads the schema revision without creating or migrating anything."""
+    # Alembic only here: the `worker` runs the other checks and must not keep it (docs/benchmarks.md, Memory).
+    from alembic.script import ScriptDirectory
+
     shown = redacted_url(url)
     if missing_sqlite_file(url):
         return DatabaseState(shown, missing_file=True)
@@ -132,6 +135,8 @@ def database_state(url: str) -> DatabaseState:
 def _current_revisions(url: str) -> tuple[str, ...]:
     # An unreachable PostgreSQL host would otherwise hold `check` for the system's TCP timeout.
     connect_args: dict[str, Any] = {} if url.startswith("sqlite") else {"connect_timeout": DATABASE_CONNECT_TIMEOUT}
+    from alembic.runtime.migration import MigrationContext
+
     engine = make_engine(url, connect_args=connect_args)
     try:
         # Read-only: on SQLite every other transaction takes the write lock.
@@ -142,6 +147,8 @@ def _current_revisions(url: str) -> tuple[str, ...]:
 
 
 def _alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
     return config
