@@ -29,10 +29,10 @@ LINUX = sys.platform.startswith("linux")
 WORKER_LIBRARY = "pydantic_core/_pydantic_core"
 
 
-def run_python(code: str, env: dict[str, str] | None = None) -> str:
-    """`code` in a fresh interpreter (one thread, nothing imported yet) from the repository root; its stdout."""
+def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """`code` run with `args` in a fresh interpreter (nothing imported yet) from the repository root; its stdout."""
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", textwrap.dedent(code), *args],
         cwd=ROOT,
         env=env if env is not None else {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"},
         capture_output=True,
@@ -140,14 +140,7 @@ CHECKS_IN_A_CHILD = """
 
 def test_the_start_up_checks_run_in_a_child_that_exits(tmp_path: Path) -> None:
     code = CHECKS_IN_A_CHILD.format(extra="")
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), str(tmp_path / "pid")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    out = run_python(code, str(tmp_path / "pid"))
     parent, child, status, checked_in = json.loads(out)
     assert (checked_in, status) == (child, 0)
     assert child != parent
@@ -250,14 +243,7 @@ MIGRATE_APART = """
 def test_the_migration_runs_in_a_child_and_reports_as_open_database(body: str, outcome: object, tmp_path: Path) -> None:
     database = tmp_path / "gates.db"
     code = MIGRATE_APART.format(body=body)
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), str(tmp_path / "pid"), f"sqlite:///{database}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    out = run_python(code, str(tmp_path / "pid"), f"sqlite:///{database}")
     parent, migrated_in, seen = json.loads(out)
     assert migrated_in != parent
     assert seen == outcome
