@@ -264,7 +264,8 @@ def test_two_replicas_storing_the_same_new_policy_at_once_both_succeed(engine: E
 
 def _writer(queue: GateQueue, gate: Gate, results: dict[str, bool], name: str) -> threading.Thread:
     def write() -> None:
-        results[name] = queue.mark(gate, {"policy": POLICY_A}, lease_seconds=60)
+        # `apply`: one transaction (a mark commits statement by statement on PostgreSQL).
+        results[name] = queue.apply(gate, Change(gate.state, "policy", {"policy": POLICY_A})) is not None
 
     return threading.Thread(target=write, daemon=True)
 

@@ -20,7 +20,7 @@ from app.core.operator import Rule as OperatorRule
 from app.core.review import answer_again, needs_answer_again
 from app.core.transitions import next_attempt_at
 from app.store.policies import PolicyCache
-from app.store.records import history_entry, plain, reading, record_transition
+from app.store.records import history_entry, plain, reading, record_transition, writing_statement_by_statement
 from app.store.schema import gate_history, gates
 
 
@@ -50,7 +50,8 @@ class GateQueue:
         """
         now = self._clock()
         lease = {"b_now": now, "b_owner": owner, "b_expires": now + lease_seconds}
-        with self._policies.transaction() as policy, self._engine.begin() as conn:
+        # Each UPDATE leases its rows whole; a crash between the two leaves leases that simply expire.
+        with self._policies.transaction() as policy, writing_statement_by_statement(self._engine) as conn:
             rows = sorted(conn.execute(_CLAIM_WOKEN, lease | {"b_limit": limit}), key=_due_at)
             if len(rows) < limit and not woken_only:
                 rows += sorted(conn.execute(_CLAIM_DUE, lease | {"b_limit": limit - len(rows)}), key=_due_at)
@@ -97,7 +98,8 @@ class GateQueue:
         renewed, so no other worker takes the gate while the call is in flight.
         """
         now = self._clock()
-        with self._policies.transaction() as policy, self._engine.begin() as conn:
+        # A new policy's row may commit without the mark: policy rows are shared and never removed.
+        with self._policies.transaction() as policy, writing_statement_by_statement(self._engine) as conn:
             written = policy.columns(conn, values) | {"updated_at": now, "lease_expires_at": now + lease_seconds}
             result = conn.execute(_MARK, written | _holder(gate) | {"b_now": now})
             return result.rowcount == 1

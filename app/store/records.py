@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, RowMapping, insert
@@ -15,6 +16,18 @@ from app.store.schema import gate_history
 def reading(engine: Engine) -> Connection:
     """A connection that only reads: under SQLite it takes no write lock (see app/store/engine.py)."""
     return engine.connect().execution_options(**{READ_ONLY: True})
+
+
+def writing_statement_by_statement(engine: Engine) -> AbstractContextManager[Connection]:
+    """A connection for writes whose every statement is whole on its own (one leasing UPDATE, one mark).
+
+    On PostgreSQL each statement commits by itself: the BEGIN and COMMIT of a
+    transaction are two more round trips, a third of a claim's time (docs/benchmarks.md,
+    "B4"). SQLite keeps its transaction: its writer lock is taken at BEGIN (app/store/engine.py).
+    """
+    if engine.dialect.name == "postgresql":
+        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    return engine.begin()
 
 
 # Built once: building a statement per call costs more than running it (docs/benchmarks.md, "B3").
