@@ -227,6 +227,9 @@ class GitHubClient:
             auto_retry=False,
             follow_redirects=False,
             user_agent=USER_AGENT,
+            # We build every body; githubkit's check of it builds a pydantic TypeAdapter per call,
+            # a tenth of a worker's CPU per gate (docs/benchmarks.md, "B3").
+            rest_api_validate_body=False,
         )
 
     def _installation(self, installation_id: int) -> GitHub[AppInstallationAuthStrategy]:
