@@ -2,9 +2,10 @@
 
 GitHub delivers `--gates` webhooks (runs of 10 environments each, a few of them
 delivered twice) to the real App (`python -m app serve`: gunicorn and the worker in one
-process) on SQLite and on PostgreSQL; Stacksona's policy answers at once (allow, or reject
-for two environments). In turns with it, `bench.baseline_worker` makes the same calls to
-fresh simulators from a minimal httpx loop with the same concurrency. Prints, per backend,
+process; with `--topology split`, `web --processes 1` and `worker` side by side) on SQLite
+and on PostgreSQL; Stacksona's policy answers at once (allow, or reject for two environments).
+In turns with it, `bench.baseline_worker` makes the same calls to fresh simulators from a
+minimal httpx loop with the same concurrency. Prints, per backend,
 both times and throughputs (median and range), their ratio, the worker's throughput while
 deliveries are still being acknowledged and after, the peak memory of every process and the
 connections opened, and exits 1 unless every gate got exactly one final review.
@@ -45,6 +46,7 @@ from bench.common import (
     app_environment,
     backends,
     database_url,
+    free_port,
     peak_line,
     ratio,
     spread,
@@ -60,6 +62,7 @@ BUSY_RETRY_SECONDS = 0.2
 APP_ID = 4242
 # The baseline once more with this many calls in flight: what the simulators can take.
 SIMULATOR_PROBE_CONCURRENCY = 16
+TOPOLOGIES = ("serve", "split")
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--senders", type=int, default=8, help="webhooks GitHub sends at once")
     parser.add_argument("--worker-concurrency", type=int, default=4, help="WORKER_CONCURRENCY (and the baseline's)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the last review")
+    parser.add_argument(
+        "--topology",
+        choices=TOPOLOGIES,
+        default="serve",
+        help="serve: one process; split: `web --processes 1` and `worker`",
+    )
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     # ERROR: the App's WARNING for each 503 (every database slot busy) is counted in the summary instead.
@@ -140,7 +149,7 @@ def _measure_backend(backend: str, tmp: Path, runs: int, args: argparse.Namespac
         [name, spread(times[name], "s", 2), spread(rates[name], "", 0)] for name in ("App", "baseline")
     ]
     lines = [
-        f"B3 burst on {backend}: {gates} gates ({runs} runs x {len(ENVIRONMENTS)} environments, "
+        f"B3 burst on {backend} ({args.topology}): {gates} gates ({runs} runs x {len(ENVIRONMENTS)} environments, "
         f"{INSTALLATIONS} installations), concurrency {concurrency}, {args.repetitions} turns each, "
         "median (min-max)",
         table(rows),
@@ -191,11 +200,12 @@ def _app_run(backend: str, tmp: Path, runs: int, args: argparse.Namespace, measu
             "WORKER_CONCURRENCY": str(args.worker_concurrency),
             "LOG_LEVEL": "WARNING",
         }
-        served = Served(["app", "serve"], env, tmp / f"app-{backend}.log", cwd=ROOT)
+        served, worker = _start_app(args.topology, env, tmp / f"app-{backend}.log")
         try:
             served.wait_until_healthy()
             burst = Burst(sims.github, sims.stacksona, served.url, sims.secret, [])
-            with PeakMemory(lambda: served.processes() | {"bench": os.getpid()}) as memory:
+            beside = {} if worker is None else {"worker": worker.process.pid}
+            with PeakMemory(lambda: served.processes() | beside | {"bench": os.getpid()}) as memory:
                 started = time.monotonic()
                 _deliver_all(burst, runs, args.senders)
                 delivered = time.monotonic() - started
@@ -205,7 +215,17 @@ def _app_run(backend: str, tmp: Path, runs: int, args: argparse.Namespace, measu
             _record_app_run(measured, burst, runs, (delivered, elapsed, closed_then, done), memory.peaks)
         finally:
             served.stop()
+            if worker is not None:
+                worker.stop()
         return elapsed
+
+
+def _start_app(topology: str, env: dict[str, str], log: Path) -> tuple[Served, Served | None]:
+    """The App as one `serve`, or as `web` (one process) with a `worker` beside it; the worker writes to `log` too."""
+    if topology == "serve":
+        return Served(["app", "serve"], env, log, cwd=ROOT), None
+    web = Served(["app", "web", "--processes", "1"], env, log, cwd=ROOT)
+    return web, Served(["app", "worker"], env | {"WORKER_HEALTH_PORT": str(free_port())}, log, cwd=ROOT)
 
 
 def _record_app_run(

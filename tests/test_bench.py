@@ -40,10 +40,11 @@ def backend_or_skip(backend: str) -> str:
     return backend
 
 
-def test_the_burst_benchmark_runs_a_small_burst_to_the_end() -> None:
-    out = run_bench(
-        "burst", "--gates", "20", "--timeout", "60", "--repetitions", "1", "--backend", "sqlite", timeout=180
-    )
+@pytest.mark.parametrize("topology", ["serve", "split"])
+def test_the_burst_benchmark_runs_a_small_burst_to_the_end(topology: str) -> None:
+    args = ["--gates", "20", "--timeout", "60", "--repetitions", "1", "--backend", "sqlite", "--topology", topology]
+    out = run_bench("burst", *args, timeout=180)
+    assert f"B3 burst on sqlite ({topology})" in out
     assert "burst: exactly one final review per gate" in out
     assert "connections to GitHub:" in out
 

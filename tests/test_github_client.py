@@ -32,9 +32,9 @@ from app.clients.github import (
     ReviewState,
     RunStatus,
     RunTarget,
-    proxy_for,
 )
 from app.clients.github_answers import github_message, is_version_fault
+from app.clients.github_transport import proxy_for
 from app.core.redelivery import MAX_DELIVERY_PAGES
 from app.core.secret import Secret
 from tests.support.http_mock import Handler, LoopbackHandler, body_of, raise_, respond

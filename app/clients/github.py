@@ -4,26 +4,23 @@ githubkit pitfalls handled here (docs/architecture.md, "GitHub facts"): no defau
 timeout and in-call retry sleeps (we set a timeout, turn retries off and retry
 durably in the worker); a process-wide token cache whose key ignores the host (one
 cache per client); the REST API version GHES may not know (sent explicitly); a
-typed call that may drop `state` (the body is sent as one `data` mapping and a test
-asserts the exact JSON); and an `httpx.Client` opened and closed around every call
-(one transport shared by all calls keeps the connections and the TLS setup).
+typed call that may drop `state` (the review body is sent as JSON we build, and a
+test asserts the exact JSON); and an `httpx.Client` opened and closed around every
+call (one transport shared by all calls keeps the connections and the TLS setup; the
+worker's calls on every step use long-lived clients, app/clients/github_installations.py).
 """
 
 from __future__ import annotations
 
-import math
-import time
-import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
 import httpx
 from githubkit import AppAuthStrategy, AppInstallationAuthStrategy, GitHub
 from githubkit.cache import MemCacheStrategy
-from githubkit.exception import GitHubException, RequestFailed, RequestTimeout
+from githubkit.exception import GitHubException, RequestError, RequestFailed, RequestTimeout
 from githubkit.response import Response
 
 from app.clients.github_answers import (
@@ -33,13 +30,14 @@ from app.clients.github_answers import (
     next_cursor,
     read_run_status,
 )
+from app.clients.github_installations import InstallationClients
 from app.clients.github_listing import AppListing, read_pages
+from app.clients.github_transport import PooledTransport, transport_for
 from app.clients.responses import USER_AGENT, json_or_none
-from app.core.backoff import parse_retry_after
 from app.core.redelivery import DELIVERIES_PER_PAGE, MAX_DELIVERY_PAGES, needs_older_page
 from app.core.review import GitHubAnswer
 from app.core.secret import Secret
-from app.telemetry.metrics import Metrics, default_metrics, expecting, is_rate_limited
+from app.telemetry.metrics import Metrics, default_metrics, expecting
 
 if TYPE_CHECKING:
     from githubkit_schemas.latest.types import ReviewCustomGatesCommentRequiredType, ReviewCustomGatesStateRequiredType
@@ -98,8 +96,11 @@ class GitHubClient:
         # Sent on every call: GHES may only know an older REST API version than githubkit's default.
         self._version_header = {"X-GitHub-Api-Version": api_version}
         self._timeout = timeout
-        self._pool = _PooledTransport(transport or _transport_for(api_url), metrics or default_metrics(), timeout)
+        self._pool = PooledTransport(transport or transport_for(api_url), metrics or default_metrics(), timeout)
         self._github = self._new_github(AppAuthStrategy(app_id=app_id, private_key=private_key.reveal()))
+        self._installations = InstallationClients(
+            api_url=api_url, transport=self._pool, timeout=timeout, headers=self._version_header
+        )
 
     def __repr__(self) -> str:
         return f"GitHubClient(api_url={self._api_url!r}, app_id={self._app_id})"
@@ -111,6 +112,7 @@ class GitHubClient:
     def forget_tokens(self) -> None:
         """Drop cached installation tokens and the App JWT (after a 401: the token was revoked)."""
         self._github = self._new_github(self._github.auth)
+        self._installations.forget()
 
     def review(self, target: RunTarget, state: ReviewState, comment: str) -> GitHubAnswer:
         """Approve or reject every pending deployment of the run in that environment."""
@@ -122,22 +124,12 @@ class GitHubClient:
 
     def get_run_status(self, target: RunTarget) -> RunStatus:
         """`GET /repos/{owner}/{repo}/actions/runs/{run_id}` with the installation token (`actions: read`)."""
-        github = self._installation(target.installation_id)  # `rest` only weakly references it: keep it alive
-        try:
-            response = github.rest.actions.get_workflow_run(
-                owner=target.owner,
-                repo=target.repo,
-                run_id=target.run_id,
-                exclude_pull_requests=True,
-                headers=self._version_header,
-            )
-        except GitHubException as exc:
-            return RunStatus(self._answer_from(exc))
-        answer = answer_from_success(response.raw_response)
-        if not response.raw_response.is_success:
-            return RunStatus(answer)
+        path = f"/repos/{target.owner}/{target.repo}/actions/runs/{target.run_id}"
+        answer, response = self._call_as_installation(
+            target.installation_id, "GET", path, params={"exclude_pull_requests": "true"}
+        )
         # Raw JSON, not githubkit's model: a strict model would reject drifting real runs.
-        return read_run_status(answer, json_or_none(response.raw_response))
+        return read_run_status(answer, json_or_none(response)) if response is not None else RunStatus(answer)
 
     def get_file(self, installation_id: int, owner: str, repo: str, path: str) -> tuple[GitHubAnswer, object]:
         """`GET /repos/{owner}/{repo}/contents/{path}` on the default branch (installation token; `contents: read`).
@@ -238,14 +230,32 @@ class GitHubClient:
         return github.with_auth(github.auth.as_installation(installation_id))
 
     def _post_review(self, target: RunTarget, body: ReviewBody) -> GitHubAnswer:
-        github = self._installation(target.installation_id)  # `rest` only weakly references it: keep it alive
+        path = f"/repos/{target.owner}/{target.repo}/actions/runs/{target.run_id}/deployment_protection_rule"
+        answer, _ = self._call_as_installation(target.installation_id, "POST", path, json=body)
+        return answer
+
+    def _call_as_installation(
+        self, installation_id: int, method: str, path: str, **request: Any
+    ) -> tuple[GitHubAnswer, httpx.Response | None]:
+        """One call with the installation's token (app/clients/github_installations.py); the response of a 2xx.
+
+        Answers as githubkit's calls did: a refusal by its status, a 401 drops the
+        tokens, a failed token mint as the mint's own answer.
+        """
+        client = self._installations.client_for(installation_id, self._installation)
         try:
-            response = github.rest.actions.review_custom_gates_for_run(
-                owner=target.owner, repo=target.repo, run_id=target.run_id, headers=self._version_header, data=body
-            )
-        except GitHubException as exc:
-            return self._answer_from(exc)
-        return answer_from_success(response.raw_response)
+            response = client.request(method, path, **request)
+        except GitHubException as exc:  # raised by githubkit's auth flow: the token mint was refused
+            return self._answer_from(exc), None
+        except httpx.TimeoutException as exc:  # the call's, or the token mint's (sent by the same client)
+            return self._answer_from(RequestTimeout(exc)), None
+        except httpx.HTTPError as exc:
+            return self._answer_from(RequestError(exc)), None
+        if response.is_error:
+            if response.status_code == 401:
+                self.forget_tokens()
+            return answer_from_refusal(response), None
+        return answer_from_success(response), response if response.is_success else None
 
     def _delivery_page(self, github: GitHub[AppAuthStrategy], cursor: str | None) -> tuple[list[object], str | None]:
         paging: dict[str, Any] = {"per_page": DELIVERIES_PER_PAGE} | ({"cursor": cursor} if cursor else {})
@@ -285,16 +295,13 @@ class GitHubClient:
 
         Returns the answer, the raw JSON of a 2xx (else None) and the `Link` header ("" when none).
         """
-        # Same pool and token cache (both live in the config), a shorter timeout.
-        auth, config = self._github.auth.as_installation(installation_id), self._github.config
-        bounded = GitHub(auth, config=replace(config, timeout=httpx.Timeout(timeout)))
-        try:
-            with expecting(404, 422):  # an unknown commit, a repository without that history
-                response = bounded.request("GET", path, params=dict(params), headers=self._version_header)
-        except GitHubException as exc:
-            return self._answer_from(exc), None, ""
-        raw = response.raw_response
-        return answer_from_success(raw), json_or_none(raw) if raw.is_success else None, raw.headers.get("Link", "")
+        with expecting(404, 422):  # an unknown commit, a repository without that history
+            answer, response = self._call_as_installation(
+                installation_id, "GET", path, params=dict(params), timeout=httpx.Timeout(timeout)
+            )
+        if response is None:
+            return answer, None, ""
+        return answer, json_or_none(response), response.headers.get("Link", "")
 
 
 def _failed_path(exc: GitHubException) -> str:
@@ -304,70 +311,3 @@ def _failed_path(exc: GitHubException) -> str:
         return str(origin.request.url.path) if isinstance(origin, httpx.RequestError) else ""
     except RuntimeError:  # httpx raises when an error carries no request
         return ""
-
-
-class _PooledTransport(httpx.BaseTransport):
-    """The host's connection pool, outliving the `httpx.Client` githubkit opens and closes around each call.
-
-    githubkit keeps a client open only inside `with github:`, a context that is per
-    thread and per `GitHub` object; every other call builds a client and closes it,
-    and closing a client closes its transport. So `close()` is ignored here and the
-    pool (thread-safe in httpcore) lives until `GitHubClient.close()`.
-    Every call to GitHub passes here, token mints included: here it is counted and timed.
-    """
-
-    def __init__(self, inner: httpx.BaseTransport, metrics: Metrics, timeout: httpx.Timeout) -> None:
-        self._inner = inner
-        self._metrics = metrics
-        self._timeout = timeout.as_dict()
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        # githubkit builds the token-mint request itself, without the client's timeout: httpcore would wait forever.
-        request.extensions.setdefault("timeout", self._timeout)
-        started = time.perf_counter()
-        try:
-            response = self._inner.handle_request(request)
-        except httpx.HTTPError:
-            self._metrics.call("github", started, None)
-            raise
-        _retry_after_in_seconds(response)
-        status = response.status_code
-        # A refused token mint is a fault, whatever refusal the call it serves expects.
-        mint = request.url.path.endswith("/access_tokens")
-        limited = is_rate_limited(status, response.headers)
-        self._metrics.call("github", started, status, rate_limited=limited, may_expect=not mint)
-        return response
-
-    def close(self) -> None:
-        return None
-
-    def shutdown(self) -> None:
-        self._inner.close()
-
-
-def _retry_after_in_seconds(response: httpx.Response) -> None:
-    """githubkit reads `Retry-After` with int(): an HTTP date (RFC 9110 allows one) would fail the whole call."""
-    value = response.headers.get("Retry-After")
-    if value is None or value.strip().isdigit():
-        return
-    seconds = parse_retry_after(value, time.time())
-    if seconds is None:
-        del response.headers["Retry-After"]
-    else:
-        response.headers["Retry-After"] = str(math.ceil(seconds))
-
-
-def _transport_for(api_url: str) -> httpx.HTTPTransport:
-    return httpx.HTTPTransport(proxy=proxy_for(api_url))
-
-
-def proxy_for(api_url: str) -> str | None:
-    """The environment's proxy for the API (HTTPS_PROXY, ALL_PROXY, NO_PROXY).
-
-    httpx reads these itself only when it builds its own transport; ours is shared, so read them here.
-    """
-    parts = urlsplit(api_url)
-    if urllib.request.proxy_bypass(parts.netloc):
-        return None
-    proxies = urllib.request.getproxies()
-    return proxies.get(parts.scheme) or proxies.get("all")

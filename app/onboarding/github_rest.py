@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from app.clients.github import proxy_for
+from app.clients.github_transport import proxy_for
 from app.clients.responses import USER_AGENT
 from app.core.secret import Secret
 

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -63,7 +64,9 @@ class Worker:
         self._idle_seconds = idle_seconds
         self._concurrency = services.settings.worker_concurrency
         self._lease_seconds = services.settings.worker_lease_seconds
-        self._running: dict[int, Gate] = {}
+        self._running: dict[int, Gate] = {}  # leased by us: started, or claimed and waiting for a thread
+        self._waiting: deque[Gate] = deque()
+        self._reserve_looked_at = -float("inf")
         self._busy = 0  # step threads alive, including one still telling Stacksona after its result is stored
         self._running_lock = threading.Lock()
         self.wakeup = threading.Event()
@@ -95,29 +98,69 @@ class Worker:
         log.info("worker %s stopped", self._owner)
 
     def _start_due(self) -> int:
-        """Claim as many due gates as there are free threads, and start them.
+        """Claim due gates for the free threads and start them; returns how many started.
 
-        Daemon threads, not a pool: the process must be able to exit while a
-        step still waits on a call (its lease is released, see `run`).
+        A claim takes a whole batch (WORKER_CONCURRENCY gates) when nothing claimed is left
+        waiting: a thread that finishes goes on with the next waiting gate, so most gates cost
+        no claim of their own. Daemon threads, not a pool: the process must be able to exit
+        while a step still waits on a call (its lease is released, see `run`).
         """
         with self._running_lock:
-            busy = self._busy
+            busy, waiting = self._busy, len(self._waiting)
         if busy < self._concurrency:
-            gates = self._claim(self._concurrency - busy)
-        elif busy < self._concurrency + WOKEN_RESERVE:
+            if not waiting:
+                self._hold(self._claim(self._concurrency), waiting=True)
+            return self._start_waiting()
+        if busy < self._concurrency + WOKEN_RESERVE and self._reserve_may_look():
             # Every thread is busy with the backlog: one more takes a gate a callback woke, so a
             # reviewer's decision reaches GitHub without waiting for a thread to free up.
-            gates = self._claim(WOKEN_RESERVE, woken_only=True)
-        else:
-            return 0
-        for gate in gates:
-            with self._running_lock:
+            woken = self._claim(WOKEN_RESERVE, woken_only=True)
+            self._hold(woken, waiting=False)
+            for gate in woken:
+                _daemon(self._process_and_free, gate, name=f"gate-{gate.id}")
+            return len(woken)
+        return 0
+
+    def _hold(self, claimed: list[Gate], *, waiting: bool) -> None:
+        with self._running_lock:
+            for gate in claimed:
                 self._running[gate.id] = gate
+            if waiting:
+                self._waiting.extend(claimed)
+            else:
+                self._busy += len(claimed)
+
+    def _reserve_may_look(self) -> bool:
+        """The reserve looks for woken gates once an idle period at most, not after every finished step."""
+        now = time.monotonic()
+        if now < self._reserve_looked_at + self._idle_seconds:
+            return False
+        self._reserve_looked_at = now
+        return True
+
+    def _start_waiting(self) -> int:
+        started = 0
+        while True:
+            with self._running_lock:
+                if not self._waiting or self._busy >= self._concurrency:
+                    return started
+                gate = self._waiting.popleft()
                 self._busy += 1
             _daemon(self._process_and_free, gate, name=f"gate-{gate.id}")
-        return len(gates)
+            started += 1
 
     def _process_and_free(self, gate: Gate) -> None:
+        next_gate: Gate | None = gate
+        try:
+            while next_gate is not None:
+                self._run_in_a_row(next_gate)
+                next_gate = self._next_waiting()
+        finally:
+            with self._running_lock:
+                self._busy -= 1
+            self.wakeup.set()  # a thread is free: claim the next due gates now
+
+    def _run_in_a_row(self, gate: Gate) -> None:
         current = gate
         try:
             for turn in range(MAX_STEPS_IN_A_ROW):
@@ -129,9 +172,13 @@ class Worker:
                 self._keep_renewing(current)
         finally:
             self._stop_renewing(current)
-            with self._running_lock:
-                self._busy -= 1
-            self.wakeup.set()  # a thread is free: claim the next due gate now
+
+    def _next_waiting(self) -> Gate | None:
+        """A claimed gate no thread has started yet, unless the worker is stopping (its lease is then released)."""
+        with self._running_lock:
+            if self._stopping.is_set() or not self._waiting:
+                return None
+            return self._waiting.popleft()
 
     def _let_steps_finish(self, budget_seconds: float) -> None:
         deadline = time.monotonic() + budget_seconds
@@ -149,16 +196,18 @@ class Worker:
         before it went out, and the step's late result is discarded (the lease is no longer ours).
         """
         with self._running_lock:
-            unfinished, self._running = list(self._running.values()), {}
-        if not unfinished:
+            held, self._running = list(self._running.values()), {}
+            never_started, self._waiting = {gate.id for gate in self._waiting}, deque()
+        if not held:
             return
         try:
-            self._store.gates.release(unfinished)
+            self._store.gates.release(held)
         except Exception:
-            log.warning("cannot release the leases of %d unfinished gates; they expire on their own", len(unfinished))
+            log.warning("cannot release the leases of %d unfinished gates; they expire on their own", len(held))
             return
-        for gate in unfinished:
-            log.warning("gate %s: step unfinished at stop; lease released", gate.id, extra=gate_context(gate))
+        for gate in held:
+            if gate.id not in never_started:
+                log.warning("gate %s: step unfinished at stop; lease released", gate.id, extra=gate_context(gate))
 
     def _stop_renewing(self, gate: Gate) -> None:
         """Once its result is written the gate is no longer ours; it may already be claimed again."""
