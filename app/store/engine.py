@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.store import sqlite_writer
 
@@ -71,7 +71,12 @@ def _sqlite_engine(url: str, busy_timeout_seconds: float, **kwargs: Any) -> Engi
         if not dbapi.take_writer(writer, busy_timeout_seconds):
             raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
         try:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # Straight to the driver: through SQLAlchemy this BEGIN cost a worker 6 % of its CPU
+            # (docs/benchmarks.md, "B3"). SQLAlchemy does not wrap errors raised in this event: we do.
+            dbapi.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            dbapi.give_back_writer()
+            raise DBAPIError.instance("BEGIN IMMEDIATE", None, exc, sqlite3.Error) from exc
         except BaseException:
             dbapi.give_back_writer()
             raise
