@@ -98,3 +98,23 @@ def test_at_stop_a_claimed_gate_no_thread_started_is_handed_back_without_a_step(
     released = sorted(int(str(record.gate_id)) for record in caplog.records if "lease released" in record.getMessage())
     started = sorted({first.id, second.id, third.id} - {never_started.id})
     assert released == started, "only gates whose step ran are reported unfinished"
+
+
+def test_a_gate_a_callback_woke_starts_while_every_thread_is_busy(world: World) -> None:
+    w = world
+    w.stacksona.script("qa", "pending_review")
+    with worker_running(w):
+        assert w.deliver(w.open("qa", run_id=701)).status_code == 202
+        thread_id = wait_for(lambda: (w.stacksona.pending_threads() or [None])[0])
+        wait_for(lambda: next((g for g in w.store.gates.list_gates() if g.state == "awaiting_review"), None))
+        w.github.hold("review")  # both threads stay in their review calls
+        try:
+            for run_id in (702, 703):
+                assert w.deliver(w.open("api", run_id=run_id)).status_code == 202
+            wait_for(lambda: w.github.held("review") == 2 or None)
+            w.stacksona.decide(thread_id, "approved")  # the callback wakes gate 701
+            # Its approval reaches GitHub (held there too) on the thread kept for woken gates.
+            wait_for(lambda: w.github.held("review") == 3 or None, timeout=5)  # a held call times out after 10 s
+        finally:
+            w.github.release("review")
+        wait_for(lambda: len(w.github.final_reviews()) == 3 or None)

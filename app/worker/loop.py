@@ -105,21 +105,25 @@ class Worker:
         no claim of their own. Daemon threads, not a pool: the process must be able to exit
         while a step still waits on a call (its lease is released, see `run`).
         """
+        started = self._start_woken() if self._reserve_may_look() else 0
         with self._running_lock:
-            busy, waiting = self._busy, len(self._waiting)
-        if busy < self._concurrency:
-            if not waiting:
-                self._hold(self._claim(self._concurrency), waiting=True)
-            return self._start_waiting()
-        if busy < self._concurrency + WOKEN_RESERVE and self._reserve_may_look():
-            # Every thread is busy with the backlog: one more takes a gate a callback woke, so a
-            # reviewer's decision reaches GitHub without waiting for a thread to free up.
-            woken = self._claim(WOKEN_RESERVE, woken_only=True)
-            self._hold(woken, waiting=False)
-            for gate in woken:
-                _daemon(self._process_and_free, gate, name=f"gate-{gate.id}")
-            return len(woken)
-        return 0
+            claim = self._busy < self._concurrency and not self._waiting
+        if claim:
+            self._hold(self._claim(self._concurrency), waiting=True)
+        return started + self._start_waiting()
+
+    def _start_woken(self) -> int:
+        """Gates a callback woke start at once: on a free thread, or on the one kept for them (WOKEN_RESERVE).
+
+        So a reviewer's decision reaches GitHub without waiting behind the claimed backlog.
+        """
+        with self._running_lock:
+            room = self._concurrency + WOKEN_RESERVE - self._busy
+        woken = self._claim(min(room, WOKEN_RESERVE), woken_only=True) if room > 0 else []
+        self._hold(woken, waiting=False)
+        for gate in woken:
+            _daemon(self._process_and_free, gate, name=f"gate-{gate.id}")
+        return len(woken)
 
     def _hold(self, claimed: list[Gate], *, waiting: bool) -> None:
         with self._running_lock:
@@ -131,7 +135,7 @@ class Worker:
                 self._busy += len(claimed)
 
     def _reserve_may_look(self) -> bool:
-        """The reserve looks for woken gates once an idle period at most, not after every finished step."""
+        """Woken gates are looked for once an idle period at most, not after every finished step or delivery."""
         now = time.monotonic()
         if now < self._reserve_looked_at + self._idle_seconds:
             return False
