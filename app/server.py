@@ -15,7 +15,7 @@ from gunicorn.config import Config
 from gunicorn.glogging import Logger
 from sqlalchemy import Engine
 
-from app.http.routes import create_app
+from app.http.routes import CALLBACK_THREADS, create_app
 from app.runtime import Runtime, build_runtime
 from app.settings import Settings
 from app.store import Store
@@ -38,8 +38,9 @@ ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss'
 # stored) while GitHub still listens. The worker keeps its patient engine.
 WEB_LOCK_TIMEOUT_SECONDS = 5.0
 # Request threads per process: a few use the database, more may queue for it
-# (bursts), and the rest never wait on it, so /healthz answers whatever it does.
-REQUEST_THREADS = 16
+# (bursts), Stacksona's callbacks have a lane of their own, and the rest never
+# wait on the database, so /healthz answers whatever it does.
+REQUEST_THREADS = 18
 DATABASE_SLOTS = 6
 PROBE_THREADS = 2
 
@@ -77,7 +78,7 @@ class GateServer(BaseApplication):  # type: ignore[misc]
         self._settings = settings
         self._with_worker = with_worker
         self._database_slots = min(DATABASE_SLOTS, max(1, threads - PROBE_THREADS))
-        self._database_queue = max(0, threads - PROBE_THREADS - self._database_slots)
+        self._database_queue = max(0, threads - PROBE_THREADS - CALLBACK_THREADS - self._database_slots)
         self._stop = threading.Event()
         self._gate_worker: tuple[Worker, threading.Thread] | None = None
         # Built after fork, in each gunicorn process, and closed when it exits.

@@ -77,6 +77,7 @@ class Turn:
     peaks: dict[str, float] = field(default_factory=dict)
     missing: int = 0
     load: str = ""
+    callbacks_refused: int = 0  # Stacksona's callbacks the App did not take (it does not retry them)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +108,8 @@ def _measure_backend(sims: Sims, backend: str, topologies: list[str], args: argp
             turns[name] = []
             contenders[name] = _contender(sims, backend, topology, loaded, args, turns[name])
     alternate(contenders, args.repetitions)
-    rows = [["App", "callback p50", "callback p99", "allow p50", "allow p99", "missing", "load sent", "peak RSS"]]
+    head_row = ["App", "callback p50", "callback p99", "allow p50", "allow p99", "missing", "callbacks refused"]
+    rows = [[*head_row, "load sent", "peak RSS"]]
     for name, done in turns.items():
         callback = [percentile_ms(turn.callback, 0.5) for turn in done]
         callback99 = [percentile_ms(turn.callback, 0.99) for turn in done]
@@ -124,6 +126,7 @@ def _measure_backend(sims: Sims, backend: str, topologies: list[str], args: argp
                 spread(allow, "ms", 0),
                 spread(allow99, "ms", 0),
                 str(sum(turn.missing for turn in done)),
+                str(sum(turn.callbacks_refused for turn in done)),
                 "; ".join(turn.load for turn in done if turn.load) or "-",
                 peak_line(peaks),
             ]
@@ -152,6 +155,7 @@ def measure_turn(sims: Sims, backend: str, topology: str, loaded: bool, args: ar
     """Gates awaiting a reviewer are opened first; then, under the load if any, each is approved in turn
     (callback latency) and an `allow` is delivered beside it (allow latency, waited for at the end)."""
     turn = Turn()
+    refused_before = len(sims.stacksona.callback_errors)
     with database_url(backend, sims.tmp) as url, _app(sims, topology, url) as (web, pids):
         waiting = _open_reviewed_gates(sims, web, args.samples, args.timeout)
         turn.missing += args.samples - len(waiting)
@@ -165,6 +169,7 @@ def measure_turn(sims: Sims, backend: str, topology: str, loaded: bool, args: ar
             if load is not None:
                 turn.load = _finish_load(load)
         turn.peaks = dict(memory.peaks)
+    turn.callbacks_refused = len(sims.stacksona.callback_errors) - refused_before
     return turn
 
 

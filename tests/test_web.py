@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from werkzeug.test import EnvironBuilder
 
 from app.core.secret import Secret
 from app.http.payload import parse_deployment_request
-from app.http.routes import create_app
+from app.http.routes import CALLBACK_THREADS, create_app
 from app.http.signature import sign
 from app.store import Store
 from app.store.engine import make_engine
@@ -373,14 +373,45 @@ def test_while_the_database_is_stuck_requests_beyond_the_slots_answer_503(
         first = pool.submit(post_github, client, deployment_payload(), delivery="d-first")
         assert entered.wait(timeout=30)
         busy = post_github(client, deployment_payload(), delivery="d-second")
-        callback = client.post("/webhooks/stacksona", json={"thread_id": "thr_1"})
+        callback = client.post("/webhooks/stacksona", json={"thread_id": "thr_1"})  # a lane of its own
         readiness, health = client.get("/readyz"), client.get("/healthz")
         release.set()
         assert first.result(timeout=30).status_code == 202
     assert (busy.status_code, busy.json["outcome"]) == (503, "busy")
-    assert (callback.status_code, callback.json["outcome"]) == (503, "busy")
+    assert (callback.status_code, callback.json["outcome"]) == (404, "unknown_thread")
     assert (readiness.status_code, health.status_code) == (503, 200)
     assert store.deliveries.delivery_ids(1) == ["d-first"]
+
+
+def test_callbacks_beyond_their_own_slots_answer_503_and_leave_the_deliveries_theirs(
+    store: Store, private_pem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(API, "https://gate.example", private_pem, "sqlite://")
+    client = create_app(settings, store).test_client()
+    entered, release = threading.Event(), threading.Event()
+    wake = store.gates.wake
+
+    def waiting_wake(**kwargs: Any) -> Any:
+        entered.set()
+        release.wait(timeout=30)  # a database lock held elsewhere
+        return wake(**kwargs)
+
+    def callback(thread_id: str) -> Any:
+        return client.post("/webhooks/stacksona", json={"thread_id": thread_id})
+
+    monkeypatch.setattr(store.gates, "wake", waiting_wake)
+    with ThreadPoolExecutor(CALLBACK_THREADS + 1) as pool:
+        first = pool.submit(callback, "thr_first")
+        assert entered.wait(timeout=30)
+        # The lane holds one callback and queues one more: of these two, one is refused at once.
+        more = [pool.submit(callback, f"thr_{n}") for n in range(CALLBACK_THREADS)]
+        done, _ = wait(more, timeout=30, return_when=FIRST_COMPLETED)
+        delivery = post_github(client, deployment_payload(), delivery="d-during")
+        release.set()
+        answers = sorted(future.result(timeout=30).status_code for future in [first, *more])
+    assert [future.result().json["outcome"] for future in done] == ["busy"]
+    assert answers == [404, 404, 503]
+    assert delivery.status_code == 202
 
 
 def test_a_burst_beyond_the_slots_is_stored_while_the_database_answers(

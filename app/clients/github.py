@@ -219,8 +219,7 @@ class GitHubClient:
             auto_retry=False,
             follow_redirects=False,
             user_agent=USER_AGENT,
-            # We build every body; githubkit's check of it builds a pydantic TypeAdapter per call,
-            # a tenth of a worker's CPU per gate (docs/benchmarks.md, "B3").
+            # We build every body we send; githubkit would check it with a pydantic TypeAdapter built per call.
             rest_api_validate_body=False,
         )
 

@@ -34,6 +34,12 @@ MAX_TASK_ID = 120
 _MAX_HEADER = 200
 DEFAULT_DATABASE_SLOTS = 6
 DEFAULT_DATABASE_QUEUE = 8
+# Stacksona's callbacks have database slots of their own: a flood of deliveries must not turn a
+# reviewer's decision away (Stacksona does not call again; the gate would wait for its next poll),
+# and unsigned callbacks cannot take the slots of GitHub's deliveries either.
+CALLBACK_SLOTS = 1
+CALLBACK_QUEUE = 1
+CALLBACK_THREADS = CALLBACK_SLOTS + CALLBACK_QUEUE
 _BUSY: Answer = 503, {"error": "too many requests waiting on the database; retry later", "outcome": "busy"}
 
 
@@ -50,7 +56,8 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_webhook_bytes
     metrics = metrics or default_metrics()
     slots = DatabaseSlots(database_slots, queue=database_queue)
-    _add_webhooks(app, settings, store, slots, metrics, on_new_work)
+    callback_slots = DatabaseSlots(CALLBACK_SLOTS, queue=CALLBACK_QUEUE)
+    _add_webhooks(app, settings, store, (slots, callback_slots), metrics, on_new_work)
     _add_probes(app, store, slots, metrics)
     _add_error_answers(app, settings)
     return app
@@ -60,13 +67,17 @@ def _add_webhooks(
     app: Flask,
     settings: Settings,
     store: Store,
-    slots: DatabaseSlots,
+    slots: tuple[DatabaseSlots, DatabaseSlots],
     metrics: Metrics,
     on_new_work: Callable[[], None],
 ) -> None:
-    def answer(handler: Callable[[Settings, Store, DatabaseSlots], Answer], count: Callable[[str], None]) -> JsonReply:
+    delivery_slots, callback_slots = slots
+
+    def answer(
+        handler: Callable[[Settings, Store, DatabaseSlots], Answer], lane: DatabaseSlots, count: Callable[[str], None]
+    ) -> JsonReply:
         try:
-            status, body = handler(settings, store, slots)
+            status, body = handler(settings, store, lane)
         except HTTPException as exc:  # e.g. Werkzeug's 413 for a Content-Length over the limit
             count("too_large" if exc.code == 413 else str(exc.code))
             raise
@@ -80,11 +91,11 @@ def _add_webhooks(
 
     @app.post("/webhooks/github")
     def github_webhook() -> JsonReply:
-        return answer(handle_github_delivery, metrics.webhook)
+        return answer(handle_github_delivery, delivery_slots, metrics.webhook)
 
     @app.post("/webhooks/stacksona")
     def stacksona_callback() -> JsonReply:
-        return answer(handle_stacksona_callback, metrics.callback)
+        return answer(handle_stacksona_callback, callback_slots, metrics.callback)
 
 
 def _add_probes(app: Flask, store: Store, slots: DatabaseSlots, metrics: Metrics) -> None:

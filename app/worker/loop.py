@@ -66,7 +66,7 @@ class Worker:
         self._lease_seconds = services.settings.worker_lease_seconds
         self._running: dict[int, Gate] = {}  # leased by us: started, or claimed and waiting for a thread
         self._waiting: deque[Gate] = deque()
-        self._reserve_looked_at = -float("inf")
+        self._woken_looked_at = -float("inf")
         self._busy = 0  # step threads alive, including one still telling Stacksona after its result is stored
         self._running_lock = threading.Lock()
         self.wakeup = threading.Event()
@@ -105,7 +105,7 @@ class Worker:
         no claim of their own. Daemon threads, not a pool: the process must be able to exit
         while a step still waits on a call (its lease is released, see `run`).
         """
-        started = self._start_woken() if self._reserve_may_look() else 0
+        started = self._start_woken() if self._woken_look_due() else 0
         with self._running_lock:
             claim = self._busy < self._concurrency and not self._waiting
         if claim:
@@ -134,12 +134,12 @@ class Worker:
             else:
                 self._busy += len(claimed)
 
-    def _reserve_may_look(self) -> bool:
+    def _woken_look_due(self) -> bool:
         """Woken gates are looked for once an idle period at most, not after every finished step or delivery."""
         now = time.monotonic()
-        if now < self._reserve_looked_at + self._idle_seconds:
+        if now < self._woken_looked_at + self._idle_seconds:
             return False
-        self._reserve_looked_at = now
+        self._woken_looked_at = now
         return True
 
     def _start_waiting(self) -> int:
