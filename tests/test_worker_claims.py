@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from app.core.gate import Gate
-from app.worker.loop import Worker
+from app.store.queue import GateQueue
 from tests.world import World, running_world, wait_for
 
 RUNS = range(501, 509)
@@ -25,10 +25,9 @@ def world(tmp_path: Path, private_pem: str, public_pem: bytes) -> Iterator[World
         yield w
 
 
-def record_claims(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, list[int]]]:
-    """Every claim the worker makes: whether it took woken gates only, and the ids it got."""
+def record_claims(queue: GateQueue, monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, list[int]]]:
+    """Every claim made on `queue` (the worker's): whether it took woken gates only, and the ids it got."""
     claims: list[tuple[bool, list[int]]] = []
-    queue = worker._store.gates
     claim_due: Callable[..., list[Gate]] = queue.claim_due
 
     def recording(owner: str, **kwargs: Any) -> list[Gate]:
@@ -60,7 +59,7 @@ def test_a_backlog_costs_one_claim_per_batch_and_every_gate_is_reviewed_once(
     w = world
     for run_id in RUNS:
         assert w.deliver(w.open("api", run_id=run_id)).status_code == 202
-    claims = record_claims(w.worker, monkeypatch)
+    claims = record_claims(w.store.gates, monkeypatch)
 
     with worker_running(w):
         wait_for(lambda: len(w.github.final_reviews()) == len(RUNS) or None)
@@ -78,7 +77,7 @@ def test_at_stop_a_claimed_gate_no_thread_started_is_handed_back_without_a_step(
 ) -> None:
     w = world
     w.github.hold("review")  # each started gate stays in its review call
-    claims = record_claims(w.worker, monkeypatch)
+    claims = record_claims(w.store.gates, monkeypatch)
     try:
         with caplog.at_level(logging.WARNING, logger="app.worker.loop"), worker_running(w, stop_budget_seconds=0.5):
             assert w.deliver(w.open("api", run_id=601)).status_code == 202
