@@ -1,4 +1,4 @@
-"""Shared fixtures: RSA key pairs, valid settings environments, databases."""
+"""Shared fixtures: RSA key pairs, valid settings environments, databases, the two simulators."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import Engine
 
+from app.simulators.github import GitHubSimulator
+from app.simulators.stacksona import StacksonaSimulator
 from app.store.engine import make_engine, migrate
 from tests.support.keys import new_rsa_key, private_pem_of, public_pem_of
 from tests.support.postgres import throwaway_schema_url
+from tests.world import API_KEY, APP_ID
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +70,17 @@ def engine(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Engine]
             yield eng
         finally:
             eng.dispose()
+
+
+@pytest.fixture
+def github_simulator(public_pem: bytes) -> Iterator[GitHubSimulator]:
+    """GitHub as a loopback server that knows the App (`tests.world.APP_ID`, `public_pem`)."""
+    with GitHubSimulator(app_id=APP_ID, public_key_pem=public_pem) as github:
+        yield github
+
+
+@pytest.fixture
+def stacksona_simulator() -> Iterator[StacksonaSimulator]:
+    """Stacksona as a loopback server that takes the App's key (`tests.world.API_KEY`)."""
+    with StacksonaSimulator(api_key=API_KEY) as stacksona:
+        yield stacksona

@@ -13,7 +13,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import pytest
 from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
 from tests.support.processes import app_environment, free_port, spawn_app
-from tests.world import API_KEY, APP_ID, wait_for
+from tests.world import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 LINUX = sys.platform.startswith("linux")
@@ -60,18 +59,6 @@ def test_the_gunicorn_master_imports_nothing_only_the_worker_needs() -> None:
     assert imported & {"githubkit", "githubkit_schemas", "pydantic", "pydantic_core", "httpx", "jwt"} == set()
 
 
-@pytest.fixture
-def github(public_pem: bytes) -> Iterator[GitHubSimulator]:
-    with GitHubSimulator(app_id=APP_ID, public_key_pem=public_pem) as sim:
-        yield sim
-
-
-@pytest.fixture
-def stacksona() -> Iterator[StacksonaSimulator]:
-    with StacksonaSimulator(api_key=API_KEY) as sim:
-        yield sim
-
-
 @pytest.mark.skipif(not LINUX, reason="reads /proc")
 @pytest.mark.parametrize(
     ("command", "free_of_worker_libraries"),
@@ -85,10 +72,11 @@ def test_after_the_start_up_checks_only_the_worker_holds_its_libraries(
     free_of_worker_libraries: set[str],
     tmp_path: Path,
     private_pem: str,
-    github: GitHubSimulator,
-    stacksona: StacksonaSimulator,
+    github_simulator: GitHubSimulator,
+    stacksona_simulator: StacksonaSimulator,
 ) -> None:
-    env = app_environment(private_pem, github.url, stacksona.url, f"sqlite:///{tmp_path / 'gates.db'}")
+    database = f"sqlite:///{tmp_path / 'gates.db'}"
+    env = app_environment(private_pem, github_simulator.url, stacksona_simulator.url, database)
     env |= {"PORT": str(free_port()), "HOST": "127.0.0.1", "WEB_CONCURRENCY": "2"}
     log = tmp_path / "app.log"
     process = spawn_app(command, env, tmp_path, log)

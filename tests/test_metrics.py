@@ -514,15 +514,3 @@ def test_serve_shows_the_in_process_workers_metrics(
 
 def _with_decision(found: Samples) -> Samples | None:
     return found if value(found, "stacksona_gate_decisions_total", status="allow") == 1 else None
-
-
-@pytest.fixture
-def github_simulator(public_pem: bytes) -> Iterator[GitHubSimulator]:
-    with GitHubSimulator(app_id=APP_ID, public_key_pem=public_pem) as github:
-        yield github
-
-
-@pytest.fixture
-def stacksona_simulator() -> Iterator[StacksonaSimulator]:
-    with StacksonaSimulator(api_key=API_KEY) as stacksona:
-        yield stacksona
