@@ -30,22 +30,19 @@ from app.simulators.github_deliveries import GHES_REDELIVERY_WINDOW, REDELIVERY_
 from app.simulators.github_webhooks import HookIdentity
 from app.simulators.stacksona import StacksonaSimulator
 from tests.support.keys import public_pem_of
+from tests.world import API_KEY, APP_ID
 
-APP_ID = 4242
-API_KEY = "sg_test_key"
 RUN: dict[str, Any] = {"owner": "acme", "repo": "shop", "run_id": 77, "environment": "production"}
 
 
 @pytest.fixture
-def github(public_pem: bytes) -> Iterator[GitHubSimulator]:
-    with GitHubSimulator(app_id=APP_ID, public_key_pem=public_pem) as sim:
-        yield sim
+def github(github_simulator: GitHubSimulator) -> GitHubSimulator:
+    return github_simulator
 
 
 @pytest.fixture
-def stacksona() -> Iterator[StacksonaSimulator]:
-    with StacksonaSimulator(api_key=API_KEY) as sim:
-        yield sim
+def stacksona(stacksona_simulator: StacksonaSimulator) -> StacksonaSimulator:
+    return stacksona_simulator
 
 
 class Recorder:
