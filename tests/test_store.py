@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, event, select, update
 
 from app.core.gate import AcceptOutcome, Change, DeploymentRequest, Gate, GateState, HistoryEntry
 from app.store import Store
@@ -738,6 +738,38 @@ def test_concurrent_claimers_never_share_a_gate(store: Store, engine: Engine, cl
         owners = {row.id: row.lease_owner for row in conn.execute(select(gates.c.id, gates.c.lease_owner))}
     for i, ids in enumerate(results):
         assert all(owners[gate_id] == f"w{i}" for gate_id in ids)
+
+
+def test_a_postgresql_claim_commits_without_the_flush_for_its_own_statement_only(store: Store, engine: Engine) -> None:
+    """A lost claim is only a lease nobody holds, so it need not wait for the WAL flush; marks and `apply` must."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("synchronous_commit is PostgreSQL's; SQLite's claim is one local transaction")
+    sent: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_rest: Any) -> None:
+        sent.append((statement, parameters))
+
+    accept(store, "d-1", run_id=1)
+    event.listen(engine, "before_cursor_execute", record)
+    claimed = store.gates.claim_due("w1", limit=1, lease_seconds=LEASE)
+    event.remove(engine, "before_cursor_execute", record)
+    assert len(claimed) == 1
+    claims = [(sql, params) for sql, params in sent if sql.lstrip().upper().startswith("UPDATE GATES")]
+    assert len(claims) == 2, "woken gates first, then due ones"
+
+    # Replayed inside a transaction, the claim that leased the gate is seen to switch the flush off for it alone.
+    accept(store, "d-2", run_id=2)
+    sql, params = claims[1]
+    with engine.connect() as conn, conn.begin():
+        assert len(conn.exec_driver_sql(sql, params).all()) == 1
+        assert conn.exec_driver_sql("SELECT current_setting('synchronous_commit')").scalar() == "off"
+    pooled = [engine.connect() for _ in range(engine.pool.checkedin() + 1)]
+    try:
+        for conn in pooled:
+            assert conn.exec_driver_sql("SELECT current_setting('synchronous_commit')").scalar() == "on"
+    finally:
+        for conn in pooled:
+            conn.close()
 
 
 def test_a_claim_takes_woken_gates_before_gates_due_earlier(store: Store, clock: FakeClock) -> None:

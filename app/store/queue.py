@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Float, Integer, bindparam, func, select, text, true, update
+from sqlalchemy import Connection, Engine, Float, Integer, Update, bindparam, func, select, text, true, update
 
 from app.core.gate import FINAL_STATES, OPEN_STATES, Change, Gate, GateState, HistoryEntry
 from app.core.operator import Refused, due_after_step
@@ -37,6 +37,7 @@ class GateQueue:
         self._engine = engine
         self._clock = clock
         self._policies = PolicyCache()
+        self._claims = _POSTGRESQL_CLAIMS if engine.dialect.name == "postgresql" else _CLAIMS
 
     def ping(self) -> None:
         with reading(self._engine) as conn:
@@ -50,11 +51,12 @@ class GateQueue:
         """
         now = self._clock()
         lease = {"b_now": now, "b_owner": owner, "b_expires": now + lease_seconds}
+        claim_woken, claim_due = self._claims
         # Each UPDATE leases its rows whole; a crash between the two leaves leases that simply expire.
         with self._policies.transaction() as policy, writing_statement_by_statement(self._engine) as conn:
-            rows = sorted(conn.execute(_CLAIM_WOKEN, lease | {"b_limit": limit}), key=_due_at)
+            rows = sorted(conn.execute(claim_woken, lease | {"b_limit": limit}), key=_due_at)
             if len(rows) < limit and not woken_only:
-                rows += sorted(conn.execute(_CLAIM_DUE, lease | {"b_limit": limit - len(rows)}), key=_due_at)
+                rows += sorted(conn.execute(claim_due, lease | {"b_limit": limit - len(rows)}), key=_due_at)
             return [policy.gate(conn, row._mapping) for row in rows]
 
     def apply(self, gate: Gate, change: Change, *, carry_on_seconds: float | None = None) -> Applied | None:
@@ -212,11 +214,23 @@ def _due(*, woken: bool) -> Any:
     return query.where(free).order_by(gates.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
 
 
-def _lease_due(*, woken: bool) -> Any:
+def _lease_due(*, woken: bool) -> Update:
     """Lease the due gates to `b_owner` under a new generation; their rows (one statement)."""
     values: dict[str, Any] = {"lease_owner": bindparam("b_owner"), "lease_expires_at": bindparam("b_expires")}
     values |= {"woken": False, "retry_asked": False, "generation": gates.c.generation + 1}
     return update(gates).where(gates.c.id.in_(_due(woken=woken))).values(**values).returning(*gates.c)
+
+
+def _committed_unflushed(statement: Update) -> Update:
+    """On PostgreSQL: `statement`'s own transaction commits without waiting for the WAL flush.
+
+    Safe for a claim only: a claim lost in a server crash is a lease nobody holds
+    (the gate is due again), and the lease holder's next write, a mark or `apply`,
+    commits with the flush, which makes the earlier claim durable too (WAL is
+    written in order). Set per transaction (`is_local`), so it never outlives the
+    claim's statement on a pooled connection (docs/benchmarks.md, "B4").
+    """
+    return statement.where(func.set_config("synchronous_commit", "off", True).is_not(None))
 
 
 def _holder(gate: Gate) -> dict[str, Any]:
@@ -226,8 +240,8 @@ def _holder(gate: Gate) -> dict[str, Any]:
 # Built once, with bound parameters (b_*) where they vary: building a statement per call
 # costs more than running it (docs/benchmarks.md, "B3"). An UPDATE built without values
 # sets the columns named by the parameters it is run with.
-_CLAIM_WOKEN = _lease_due(woken=True)
-_CLAIM_DUE = _lease_due(woken=False)
+_CLAIMS = (_lease_due(woken=True), _lease_due(woken=False))
+_POSTGRESQL_CLAIMS = (_committed_unflushed(_CLAIMS[0]), _committed_unflushed(_CLAIMS[1]))
 _HOLDS = (
     (gates.c.id == bindparam("b_id"))
     & (gates.c.generation == bindparam("b_generation"))
