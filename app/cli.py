@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from app.runtime import build_runtime, configure_logging, limit_malloc_arenas, m
 from app.settings import Settings, SettingsError, database_url, load_settings, log_format, merged_environment
 from app.store import Store
 from app.telemetry.metrics import metrics_directory
+from app.worker.elected import worker_lock_file
 
 log = logging.getLogger("app.cli")
 
@@ -52,11 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stacksona-gate", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="HTTP server and worker in one process (embedded default)").set_defaults(
-        handler=_serve
-    )
+    serve = sub.add_parser("serve", help="HTTP server and worker in one command (embedded default)")
+    processes_help = "gunicorn processes (default: WEB_CONCURRENCY)"
+    serve.add_argument("--processes", type=int, default=None, help=processes_help + "; one runs the worker too")
+    serve.set_defaults(handler=_serve)
     web = sub.add_parser("web", help="HTTP server only (run `worker` beside it)")
-    web.add_argument("--processes", type=int, default=None, help="gunicorn processes (default: WEB_CONCURRENCY)")
+    web.add_argument("--processes", type=int, default=None, help=processes_help)
     web.set_defaults(handler=_web)
     sub.add_parser("worker", help="the worker only (any number of replicas on PostgreSQL)").set_defaults(
         handler=_worker
@@ -116,14 +119,18 @@ def _load() -> Settings:
     return settings
 
 
-def _serve(_args: argparse.Namespace) -> int:
-    return _run_gunicorn(_load(), with_worker=True, processes=1)
+def _serve(args: argparse.Namespace) -> int:
+    settings = _load()
+    return _run_gunicorn(settings, with_worker=True, processes=_processes(settings, args))
 
 
 def _web(args: argparse.Namespace) -> int:
     settings = _load()
-    processes = settings.web_concurrency if args.processes is None else max(1, args.processes)
-    return _run_gunicorn(settings, with_worker=False, processes=processes)
+    return _run_gunicorn(settings, with_worker=False, processes=_processes(settings, args))
+
+
+def _processes(settings: Settings, args: argparse.Namespace) -> int:
+    return settings.web_concurrency if args.processes is None else max(1, args.processes)
 
 
 def _run_gunicorn(settings: Settings, *, with_worker: bool, processes: int) -> int:
@@ -134,16 +141,18 @@ def _run_gunicorn(settings: Settings, *, with_worker: bool, processes: int) -> i
         # Not in the master (a thread there would be copied into each fork mid-call, with
         # whatever locks it held) nor in a request process (it would keep their imports);
         # forked before Flask and gunicorn are imported, so the child holds less.
-        with startup_checks_apart(settings):
+        lock_file = worker_lock_file() if with_worker else contextlib.nullcontext()
+        with startup_checks_apart(settings), lock_file as worker_lock:
             from app.server import REQUEST_THREADS, GateServer
 
             log.info(
-                "listening on %s:%s (worker %s)",
+                "listening on %s:%s with %s processes (worker %s)",
                 settings.host,
                 settings.port,
-                "in-process" if with_worker else "separate",
+                processes,
+                "in one of them" if with_worker else "separate",
             )
-            GateServer(settings, with_worker=with_worker, processes=processes, threads=REQUEST_THREADS).run()
+            GateServer(settings, processes=processes, threads=REQUEST_THREADS, worker_lock=worker_lock).run()
     return 0
 
 

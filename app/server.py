@@ -1,4 +1,4 @@
-"""Production HTTP serving with gunicorn, optionally with the worker in-process."""
+"""Production HTTP serving with gunicorn; for `serve`, one of its processes runs the worker too."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
@@ -16,16 +17,12 @@ from gunicorn.glogging import Logger
 from sqlalchemy import Engine
 
 from app.http.routes import CALLBACK_THREADS, create_app
-from app.runtime import Runtime, build_runtime
+from app.runtime import build_runtime
 from app.settings import Settings
 from app.store import Store
 from app.store.engine import make_engine
 from app.telemetry.metrics import forget_process
-
-if TYPE_CHECKING:
-    # Only `serve` runs the worker, and imports it after gunicorn forked (in `load`): the
-    # master, and through it every `web` process, stays without githubkit (docs/benchmarks.md, Memory).
-    from app.worker.loop import Worker
+from app.worker.elected import ElectedWorker
 
 # SIGTERM to exit within 20 s (Kubernetes kills at 30 s): requests answer within
 # GitHub's 10 s, the in-process worker's steps get STOP_BUDGET_SECONDS, then gunicorn kills.
@@ -40,7 +37,7 @@ WEB_LOCK_TIMEOUT_SECONDS = 5.0
 # Request threads per process: a few use the database, more may queue for it
 # (bursts), Stacksona's callbacks have a lane of their own, and the rest never
 # wait on the database, so /healthz answers whatever it does.
-REQUEST_THREADS = 18
+REQUEST_THREADS = 22
 DATABASE_SLOTS = 6
 PROBE_THREADS = 2
 
@@ -74,16 +71,16 @@ def printable(text: str) -> str:
 class GateServer(BaseApplication):  # type: ignore[misc]
     """gunicorn with the app built after fork (one database engine per process)."""
 
-    def __init__(self, settings: Settings, *, with_worker: bool, processes: int, threads: int) -> None:
+    def __init__(self, settings: Settings, *, processes: int, threads: int, worker_lock: Path | None = None) -> None:
         self._settings = settings
-        self._with_worker = with_worker
+        # With a lock file, one of the processes runs the worker too (`serve`; app/worker/elected.py).
+        self._worker_lock = worker_lock
         self._database_slots = min(DATABASE_SLOTS, max(1, threads - PROBE_THREADS))
         self._database_queue = max(0, threads - PROBE_THREADS - CALLBACK_THREADS - self._database_slots)
         self._stop = threading.Event()
-        self._gate_worker: tuple[Worker, threading.Thread] | None = None
         # Built after fork, in each gunicorn process, and closed when it exits.
         self._engine: Engine | None = None
-        self._runtime: Runtime | None = None
+        self._gate_worker: ElectedWorker | None = None
         self._options: dict[str, Any] = {
             "bind": f"{settings.host}:{settings.port}",
             "workers": processes,
@@ -115,21 +112,16 @@ class GateServer(BaseApplication):  # type: ignore[misc]
         engine = make_engine(self._settings.database_url, lock_timeout_seconds=WEB_LOCK_TIMEOUT_SECONDS)
         self._engine = engine
         store = Store.open(engine, time.time)
-        if not self._with_worker:
-            return create_app(
-                self._settings, store, database_slots=self._database_slots, database_queue=self._database_queue
-            )
-        self._runtime = build_runtime(self._settings)
-        worker = self._runtime.worker()
-        thread = threading.Thread(target=worker.run, args=(self._stop,), name="gate-worker", daemon=True)
-        thread.start()
-        self._gate_worker = (worker, thread)
+        settings = self._settings
+        if self._worker_lock is not None:
+            self._gate_worker = ElectedWorker(self._worker_lock, lambda: build_runtime(settings), self._stop)
+            self._gate_worker.start()
         return create_app(
-            self._settings,
+            settings,
             store,
             database_slots=self._database_slots,
             database_queue=self._database_queue,
-            on_new_work=worker.wakeup.set,
+            on_new_work=self._gate_worker.wake if self._gate_worker else lambda: None,
         )
 
     def _stop_on_sigterm(self, _process: object) -> None:
@@ -151,17 +143,15 @@ class GateServer(BaseApplication):  # type: ignore[misc]
     def _stop_gate_worker(self) -> None:
         self._stop.set()
         if self._gate_worker is not None:
-            self._gate_worker[0].wakeup.set()
+            self._gate_worker.wake()
 
     def _exit_process(self, _server: object, _process: object) -> None:
-        """Wait for the in-process worker (its steps finish or are released), then close what this process built."""
-        self._stop_gate_worker()
+        """Wait for the worker if it runs here (its steps finish or are released); close what this process built."""
+        self._stop.set()
         if self._gate_worker is not None:
             from app.worker.loop import STOP_BUDGET_SECONDS
 
-            self._gate_worker[1].join(timeout=STOP_BUDGET_SECONDS + 3)
-        if self._runtime is not None:
-            self._runtime.close()
+            self._gate_worker.stop_and_close(STOP_BUDGET_SECONDS + 3)
         if self._engine is not None:
             self._engine.dispose()
         log.debug("process closed its database engines and clients")

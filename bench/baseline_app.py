@@ -78,7 +78,7 @@ class BaselineServer(GateServer):
 
     def __init__(self, kind: str, settings: Settings, *, processes: int) -> None:
         self._kind = kind
-        super().__init__(settings, with_worker=False, processes=processes, threads=REQUEST_THREADS)
+        super().__init__(settings, processes=processes, threads=REQUEST_THREADS)
 
     def load(self) -> Flask:
         engine = None

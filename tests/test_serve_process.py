@@ -1,8 +1,9 @@
-"""`stacksona-gate serve` as a user runs it: gunicorn and the worker in one process, real HTTP."""
+"""`stacksona-gate serve` as a user runs it: gunicorn's processes, one running the worker too, real HTTP."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -101,3 +102,22 @@ def test_a_large_chunked_delivery_is_413_not_401(served: Served) -> None:
 
     response = httpx.post(served.base_url + "/webhooks/github", content=chunks(), headers=headers)
     assert response.status_code == 413, response.text
+
+
+def test_when_the_process_running_the_worker_dies_another_takes_over(served: Served) -> None:
+    d, webhook_url = served.d, served.base_url + "/webhooks/github"
+    first = int(wait_for(lambda: _worker_processes(served)[:1] or None)[0])
+
+    os.kill(first, signal.SIGKILL)  # gunicorn starts a new process; the kernel frees the dead one's lock
+
+    second = int(wait_for(lambda: _worker_processes(served)[1:2] or None)[0])
+    assert second != first
+    d.stacksona.script("api", "allow")
+    allowed = d.github.open_deployment(owner=OWNER, repo=REPO, run_id=503, environment="api")
+    assert d.github.deliver(webhook_url, allowed, secret=WEBHOOK_SECRET).status_code == 202
+    assert [r.body["state"] for r in wait_for(lambda: d.github.final_reviews(run_id=503) or None)] == ["approved"]
+    assert _worker_processes(served) == [str(first), str(second)], "one worker at a time"
+
+
+def _worker_processes(served: Served) -> list[str]:
+    return re.findall(r"process (\d+) runs the worker", served.log())

@@ -36,9 +36,10 @@ DEFAULT_DATABASE_SLOTS = 6
 DEFAULT_DATABASE_QUEUE = 8
 # Stacksona's callbacks have database slots of their own: a flood of deliveries must not turn a
 # reviewer's decision away (Stacksona does not call again; the gate would wait for its next poll),
-# and unsigned callbacks cannot take the slots of GitHub's deliveries either.
+# and unsigned callbacks cannot take the slots of GitHub's deliveries either. Waking a gate is one
+# short statement, so a reviewer's burst of decisions queues rather than being refused.
 CALLBACK_SLOTS = 1
-CALLBACK_QUEUE = 1
+CALLBACK_QUEUE = 5
 CALLBACK_THREADS = CALLBACK_SLOTS + CALLBACK_QUEUE
 _BUSY: Answer = 503, {"error": "too many requests waiting on the database; retry later", "outcome": "busy"}
 
