@@ -18,12 +18,12 @@ from sqlalchemy import Engine
 
 from app import __version__
 from app.core.gate import OPEN_STATES
+from app.elected_worker import worker_lock_file
 from app.gates_report import gate_detail, gate_table
 from app.runtime import build_runtime, configure_logging, limit_malloc_arenas, migrate_apart, open_database
 from app.settings import Settings, SettingsError, database_url, load_settings, log_format, merged_environment
 from app.store import Store
 from app.telemetry.metrics import metrics_directory
-from app.worker.elected import worker_lock_file
 
 log = logging.getLogger("app.cli")
 

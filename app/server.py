@@ -16,13 +16,13 @@ from gunicorn.config import Config
 from gunicorn.glogging import Logger
 from sqlalchemy import Engine
 
+from app.elected_worker import ElectedWorker
 from app.http.routes import CALLBACK_THREADS, create_app
 from app.runtime import build_runtime
 from app.settings import Settings
 from app.store import Store
 from app.store.engine import make_engine
 from app.telemetry.metrics import forget_process
-from app.worker.elected import ElectedWorker
 
 # SIGTERM to exit within 20 s (Kubernetes kills at 30 s): requests answer within
 # GitHub's 10 s, the in-process worker's steps get STOP_BUDGET_SECONDS, then gunicorn kills.
@@ -73,7 +73,7 @@ class GateServer(BaseApplication):  # type: ignore[misc]
 
     def __init__(self, settings: Settings, *, processes: int, threads: int, worker_lock: Path | None = None) -> None:
         self._settings = settings
-        # With a lock file, one of the processes runs the worker too (`serve`; app/worker/elected.py).
+        # With a lock file, one of the processes runs the worker too (`serve`; app/elected_worker.py).
         self._worker_lock = worker_lock
         self._database_slots = min(DATABASE_SLOTS, max(1, threads - PROBE_THREADS))
         self._database_queue = max(0, threads - PROBE_THREADS - CALLBACK_THREADS - self._database_slots)

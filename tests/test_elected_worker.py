@@ -1,4 +1,4 @@
-"""`serve`'s worker runs in the one gunicorn process holding a lock file (app/worker/elected.py).
+"""`serve`'s worker runs in the one gunicorn process holding a lock file (app/elected_worker.py).
 
 flock excludes two open files of the same lock even within one process, so two
 `ElectedWorker`s here stand for two of `serve`'s processes; a process really
@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any, cast
 
-from app.worker.elected import ElectedWorker, worker_lock_file
+from app.elected_worker import ElectedWorker, worker_lock_file
 from tests.world import wait_for
 
 

@@ -64,7 +64,7 @@ def test_the_gunicorn_master_imports_nothing_only_the_worker_needs() -> None:
     ("command", "holding_worker_libraries"),
     [
         ("web", 0),  # githubkit only in the checks' child, gone
-        ("serve", 1),  # the one of its two processes that runs the worker (app/worker/elected.py)
+        ("serve", 1),  # the one of its two processes that runs the worker (app/elected_worker.py)
     ],
 )
 def test_after_the_start_up_checks_only_the_worker_holds_its_libraries(
