@@ -164,10 +164,24 @@ def test_status_report_is_retried_a_little_and_never_closes(
     answer: GitHubAnswer, attempts: int, gives_up: bool
 ) -> None:
     gate = make_gate(state=GateState.AWAITING_REVIEW, attempts=attempts)
-    change = review.after_status_report(gate, answer, now=NOW, rand=half, api_version=VERSION)
+    change = review.after_status_report(gate, answer, now=NOW, rand=half, api_version=VERSION, poll_cap=300)
     assert change.state is GateState.AWAITING_REVIEW
     assert bool(change.values.get("status_reported")) is gives_up
     assert change.values["attempts"] == (0 if gives_up else attempts + 1)
+
+
+@pytest.mark.parametrize(
+    ("answer", "attempts", "cap", "first_poll_in"),
+    [(GitHubAnswer(201), 0, 300, 4.5), (GitHubAnswer(500), 2, 1, 0.9)],  # posted; given up on
+)
+def test_after_the_status_report_the_first_poll_waits_a_poll_interval(
+    answer: GitHubAnswer, attempts: int, cap: float, first_poll_in: float
+) -> None:
+    """Not polled at once: the reviewer was asked milliseconds ago, and the callback wakes the gate anyway."""
+    gate = make_gate(state=GateState.AWAITING_REVIEW, polls=0, attempts=attempts)
+    change = review.after_status_report(gate, answer, now=NOW, rand=half, api_version=VERSION, poll_cap=cap)
+    assert change.values["next_attempt_at"] == pytest.approx(NOW + first_poll_in)
+    assert change.values["polls"] == 1
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from enum import StrEnum
 
 from app.core.dry_run import github_state, with_verdict
 from app.core.gate import FINAL_STATES, VERDICTS, Change, Gate, GateState
-from app.core.transitions import retry_later
+from app.core.transitions import next_poll, retry_later
 
 # GitHub fails the job itself after 30 days; past that no answer matters.
 GITHUB_WAIT_LIMIT_SECONDS = 30 * 86400.0
@@ -96,9 +96,14 @@ def _names_jwt_time_claim(detail: str) -> bool:
 
 
 def after_status_report(
-    gate: Gate, answer: GitHubAnswer, *, now: float, rand: Callable[[], float], api_version: str
+    gate: Gate, answer: GitHubAnswer, *, now: float, rand: Callable[[], float], api_version: str, poll_cap: float
 ) -> Change:
-    """The status report is a courtesy: it is retried a little, and never closes the gate."""
+    """The status report is a courtesy: it is retried a little, and never closes the gate.
+
+    Then the gate waits for the reviewer: its callback wakes the gate, and the
+    first fallback poll comes one poll interval later, not at once (a reviewer
+    does not decide within milliseconds of being asked).
+    """
     reading = read_answer(answer)
     alert = alert_for(reading, answer, api_version)
     if reading in RETRIED and gate.attempts + 1 < STATUS_REPORT_TRIES:
@@ -106,7 +111,8 @@ def after_status_report(
         return replace(retry, alert=alert)
     done = reading is Reading.TAKEN
     reason = "status report posted on GitHub" if done else f"status report not posted ({answer.detail})"
-    return Change(gate.state, reason, {"status_reported": True, "attempts": 0, "last_error": None}, alert=alert)
+    values = {"status_reported": True, "attempts": 0, "last_error": None}
+    return Change(gate.state, reason, values | next_poll(gate, now=now, rand=rand, poll_cap=poll_cap), alert=alert)
 
 
 def after_review(

@@ -46,9 +46,14 @@ def await_review(
     if gate.state is GateState.NEW:
         values = {"thread_id": thread_id, "attempts": 0, "polls": 0, "last_error": None}
         return Change(GateState.AWAITING_REVIEW, f"Stacksona asked a reviewer (thread {thread_id})", values)
-    next_at = min(now + poll_delay(gate.polls, rand, cap=poll_cap), gate.deadline_at)
-    values = {"polls": gate.polls + 1, "attempts": 0, "next_attempt_at": next_at, "last_error": None}
+    values = next_poll(gate, now=now, rand=rand, poll_cap=poll_cap) | {"attempts": 0, "last_error": None}
     return Change(gate.state, "still pending review", values, record=False)
+
+
+def next_poll(gate: Gate, *, now: float, rand: Callable[[], float], poll_cap: float) -> dict[str, object]:
+    """The next fallback poll of a gate awaiting its reviewer (never past its deadline)."""
+    next_at = min(now + poll_delay(gate.polls, rand, cap=poll_cap), gate.deadline_at)
+    return {"polls": gate.polls + 1, "next_attempt_at": next_at}
 
 
 def retry_later(

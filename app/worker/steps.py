@@ -195,8 +195,8 @@ def _after_outcome(gate: Gate, outcome: Verdict | AwaitReview | Retry, thread_id
 def _post_status_report(gate: Gate, svc: Services) -> Change:
     text = comments.status_report(_context(gate, svc), gate.deadline_at)
     answer = svc.github.status_report(_target(gate), text)
-    version = svc.settings.github_api_version
-    return review.after_status_report(gate, answer, now=svc.clock(), rand=svc.rand, api_version=version)
+    version, cap = svc.settings.github_api_version, svc.settings.poll_max_interval_seconds
+    return review.after_status_report(gate, answer, now=svc.clock(), rand=svc.rand, api_version=version, poll_cap=cap)
 
 
 def _report(gate: Gate, svc: Services, checkpoint: Checkpoint) -> Change:
