@@ -243,7 +243,7 @@ def test_two_replicas_storing_the_same_new_policy_at_once_both_succeed(engine: E
             release.wait(WAIT_SECONDS)
 
     results: dict[str, bool] = {}
-    first = _writer(GateQueue(first_engine, FakeClock(START)), first_gate, results, "first")
+    first = _writer_in_a_transaction(first_engine, first_gate, results, "first")
     second = _writer(GateQueue(second_engine, FakeClock(START)), second_gate, results, "second")
     try:
         first.start()
@@ -264,7 +264,19 @@ def test_two_replicas_storing_the_same_new_policy_at_once_both_succeed(engine: E
 
 def _writer(queue: GateQueue, gate: Gate, results: dict[str, bool], name: str) -> threading.Thread:
     def write() -> None:
-        # `apply`: one transaction (a mark commits statement by statement on PostgreSQL).
+        results[name] = queue.apply(gate, Change(gate.state, "policy", {"policy": POLICY_A})) is not None
+
+    return threading.Thread(target=write, daemon=True)
+
+
+def _writer_in_a_transaction(engine: Engine, gate: Gate, results: dict[str, bool], name: str) -> threading.Thread:
+    """A replica whose transaction stores the policy and stays open a while (on PostgreSQL `apply` and the marks
+    commit statement by statement, so the transaction here is what holds the insert uncommitted)."""
+    queue = GateQueue(engine, FakeClock(START))
+
+    def write() -> None:
+        with PolicyCache().transaction() as policy, engine.begin() as conn:
+            policy.columns(conn, {"policy": POLICY_A})
         results[name] = queue.apply(gate, Change(gate.state, "policy", {"policy": POLICY_A})) is not None
 
     return threading.Thread(target=write, daemon=True)

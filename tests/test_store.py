@@ -772,6 +772,37 @@ def test_a_postgresql_claim_commits_without_the_flush_for_its_own_statement_only
             conn.close()
 
 
+def test_a_postgresql_apply_of_a_gate_nobody_touched_is_one_statement(
+    store: Store, engine: Engine, clock: FakeClock
+) -> None:
+    """The result and its history in one round trip; a touched gate takes the locked path (the tests above)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no round trips to save")
+    gate_id, _ = accept(store, "d-1")
+    gate = claim_one(store)
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        carried = store.gates.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {}), carry_on_seconds=9)
+        assert carried is not None and carried.next is not None, "due at once: the gate stays leased"
+        closed = store.gates.apply(carried.next, Change(GateState.APPROVED, "decided", {}))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    assert closed is not None
+    assert len(sent) == 2, sent
+    assert carried.next.lease_owner == gate.lease_owner and carried.next.state == "awaiting_review"
+    assert (column(engine, gate_id, "state"), column(engine, gate_id, "lease_owner")) == ("approved", None)
+    history = [(entry.to_state, entry.reason) for entry in store.gates.history(gate_id)]
+    assert history[-2:] == [("awaiting_review", "asked"), ("approved", "decided")]
+    assert not store.gates.apply(carried.next, Change(GateState.REJECTED, "late", {})), "the lease is gone"
+    assert column(engine, gate_id, "state") == "approved"
+
+
 def test_a_claim_takes_woken_gates_before_gates_due_earlier(store: Store, clock: FakeClock) -> None:
     woken_id = _awaiting_gate(store, clock)
     clock.advance(10)

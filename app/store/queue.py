@@ -19,7 +19,8 @@ from app.core.operator import Refused, due_after_step
 from app.core.operator import Rule as OperatorRule
 from app.core.review import answer_again, needs_answer_again
 from app.core.transitions import next_attempt_at
-from app.store.policies import PolicyCache
+from app.store.apply_at_once import UNTOUCHED, AtOnceStatements, history_row, parameters
+from app.store.policies import PolicyCache, PolicyLookup
 from app.store.records import history_entry, plain, reading, record_transition, writing_statement_by_statement
 from app.store.schema import gate_history, gates
 
@@ -37,7 +38,10 @@ class GateQueue:
         self._engine = engine
         self._clock = clock
         self._policies = PolicyCache()
-        self._claims = _POSTGRESQL_CLAIMS if engine.dialect.name == "postgresql" else _CLAIMS
+        postgresql = engine.dialect.name == "postgresql"
+        self._claims = _POSTGRESQL_CLAIMS if postgresql else _CLAIMS
+        # SQLite has no round trips to save, and no data-modifying WITH.
+        self._at_once = AtOnceStatements() if postgresql else None
 
     def ping(self) -> None:
         with reading(self._engine) as conn:
@@ -70,19 +74,14 @@ class GateQueue:
         (docs/benchmarks.md, "B3").
         """
         now = self._clock()
+        at_once = self._at_once
+        if at_once is not None and (applied := self._apply_at_once(at_once, gate, change, now, carry_on_seconds)):
+            return applied
         with self._policies.transaction() as policy, self._engine.begin() as conn:
             held = conn.execute(_HELD, _holder(gate)).first()
             if held is None:
                 return None
-            if needs_answer_again(rereview=held.rereview, before=gate.state, after=change.state):
-                change = answer_again(change, now=now)
-            values = policy.columns(conn, _columns(change, now, held))
-            carry_on = carry_on_seconds is not None and change.state in OPEN_STATES
-            carry_on = carry_on and values["next_attempt_at"] <= now
-            if carry_on:
-                # Held on as a claim would lease it (same owner and generation: the lease never lapsed).
-                values |= {"lease_owner": gate.lease_owner, "lease_expires_at": now + (carry_on_seconds or 0.0)}
-                values |= {"woken": False}
+            change, values, carry_on = _written(policy, conn, gate, change, now, held, carry_on_seconds)
             if change.record or change.state != gate.state:
                 record_transition(conn, gate.id, now, gate.state, change.state, change.reason)
             if not carry_on:
@@ -90,6 +89,21 @@ class GateQueue:
                 return Applied(change)
             row = conn.execute(_SET_GATE_RETURNING, values | {"b_id": gate.id}).one()
             return Applied(change, policy.gate(conn, row._mapping))
+
+    def _apply_at_once(
+        self, at_once: AtOnceStatements, gate: Gate, change: Change, now: float, carry_on_seconds: float | None
+    ) -> Applied | None:
+        """`apply` in one statement if nothing touched the gate meanwhile; None: take the locked path."""
+        with self._policies.transaction() as policy, writing_statement_by_statement(self._engine) as conn:
+            change, values, carry_on = _written(policy, conn, gate, change, now, UNTOUCHED, carry_on_seconds)
+            recorded = change.record or change.state != gate.state
+            statement = at_once.statement(values, history=recorded, whole_row=carry_on)
+            before = gate.state and str(gate.state)
+            history = history_row(now, before, str(change.state), change.reason) if recorded else {}
+            row = conn.execute(statement, parameters(values, _holder(gate), history)).first()
+            if row is None:
+                return None
+            return Applied(change, policy.gate(conn, row._mapping) if carry_on else None)
 
     def mark(self, gate: Gate, values: Mapping[str, Any], *, lease_seconds: float) -> bool:
         """Record that a step is about to call out, if this worker still holds a live lease.
@@ -255,6 +269,28 @@ _SET_GATE_RETURNING = _SET_GATE.returning(*gates.c)
 
 def _due_at(row: Any) -> float:
     return float(row.next_attempt_at)
+
+
+def _written(
+    policy: PolicyLookup,
+    conn: Connection,
+    gate: Gate,
+    change: Change,
+    now: float,
+    held: Any,
+    carry_on_seconds: float | None,
+) -> tuple[Change, dict[str, Any], bool]:
+    """The change as written, the gate's columns, and whether the gate stays leased to carry on."""
+    if needs_answer_again(rereview=held.rereview, before=gate.state, after=change.state):
+        change = answer_again(change, now=now)
+    values = policy.columns(conn, _columns(change, now, held))
+    carry_on = carry_on_seconds is not None and change.state in OPEN_STATES
+    carry_on = carry_on and values["next_attempt_at"] <= now
+    if carry_on:
+        # Held on as a claim would lease it (same owner and generation: the lease never lapsed).
+        values |= {"lease_owner": gate.lease_owner, "lease_expires_at": now + (carry_on_seconds or 0.0)}
+        values |= {"woken": False}
+    return change, values, carry_on
 
 
 def _columns(change: Change, now: float, held: Any) -> dict[str, Any]:
