@@ -103,13 +103,11 @@ def _walk_to_awaiting_review(store: Store, clock: Clock, request: DeploymentRequ
     story = f"{asked.reason}; policy: {policy.matched}, {policy.mode}"
     store.gates.apply(gate, replace(asked, reason=story))
     gate = _claim(store)
-    store.gates.apply(
-        gate, after_status_report(gate, GitHubAnswer(201), now=clock.now, rand=random.random, api_version="")
+    # The status report schedules the first fallback poll (a few seconds on): the gate waits for its reviewer.
+    reported = after_status_report(
+        gate, GitHubAnswer(201), now=clock.now, rand=random.random, api_version="", poll_cap=POLL_CAP
     )
-    gate = _claim(store)
-    store.gates.apply(
-        gate, transitions.await_review(gate, thread, now=clock.now, rand=random.random, poll_cap=POLL_CAP)
-    )
+    store.gates.apply(gate, reported)
 
 
 def _claim(store: Store) -> Gate:
