@@ -143,6 +143,39 @@ def test_a_write_that_waits_too_long_fails_stores_nothing_and_the_lock_serves_ag
     assert free_elsewhere(db, holders)
 
 
+def test_time_queued_behind_another_process_counts_against_the_lock_timeout(
+    db: Path, holders: Callable[[Path, str], Holder]
+) -> None:
+    """A web request must answer within GitHub's 10 s even when it queued for the writer lock first."""
+    timeout, queued = 3.0, 1.5
+    sqlite, writer = holders(db, "sqlite"), holders(db, "writer")  # a `sqlite3` shell; another App process
+    assert sqlite.take() == "taken" and writer.take() == "taken"
+    web = make_engine(f"sqlite:///{db}", lock_timeout_seconds=timeout)
+    helpers_before = {thread for thread in threading.enumerate() if thread.name == HELPER}
+
+    def write() -> float:
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="database is locked"), web.begin() as conn:
+            add(conn, "lost")
+        return time.monotonic() - started
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            done = pool.submit(write)
+            wait_for(lambda: ({t for t in threading.enumerate() if t.name == HELPER} - helpers_before) or None)
+            time.sleep(queued)
+            writer.give()  # the queue moves on; SQLite's own lock is still held by the shell
+            waited = done.result(timeout=30)
+    finally:
+        web.dispose()
+        sqlite.give()
+    # Before: the queue's 1.5 s, then a busy timeout of its own (3 s), 4.5 s in all.
+    assert waited < timeout + 0.8, f"waited {waited:.2f} s with a lock timeout of {timeout} s"
+    reader = make_engine(f"sqlite:///{db}")
+    assert names(reader) == []
+    reader.dispose()
+
+
 def commit(conn: Connection, _holders: Callable[[Path, str], Holder], _db: Path) -> None:
     with conn.begin():
         add(conn, "committed")
