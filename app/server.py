@@ -25,7 +25,7 @@ from app.store.engine import make_engine
 from app.telemetry.metrics import forget_process
 
 # SIGTERM to exit within 20 s (Kubernetes kills at 30 s): requests answer within
-# GitHub's 10 s, the in-process worker's steps get STOP_BUDGET_SECONDS, then gunicorn kills.
+# GitHub's 10 s, `serve`'s worker's steps get STOP_BUDGET_SECONDS, then gunicorn kills.
 GRACEFUL_SECONDS = 15
 log = logging.getLogger(__name__)
 # The path only: Stacksona callbacks may carry `?token=`, which must not be logged.
@@ -125,7 +125,7 @@ class GateServer(BaseApplication):  # type: ignore[misc]
         )
 
     def _stop_on_sigterm(self, _process: object) -> None:
-        """At SIGTERM the in-process worker stops claiming while gunicorn answers the requests in flight.
+        """At SIGTERM `serve`'s worker stops claiming while gunicorn answers the requests in flight.
 
         Also in `web`: its "stopping" line tells when a process got the signal.
         """

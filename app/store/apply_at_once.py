@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Executable, Float, String, bindparam, false, insert, select, update
+from sqlalchemy import ColumnElement, Executable, Float, String, bindparam, false, insert, select, update
 
 from app.store.schema import gate_history, gates
 
@@ -27,9 +27,13 @@ _HISTORY_COLUMNS = ("gate_id", "at", "from_state", "to_state", "reason")
 
 
 class AtOnceStatements:
-    """The one-statement writes, built once per set of columns written (a handful of step kinds)."""
+    """The one-statement writes, built once per set of columns written (a handful of step kinds).
 
-    def __init__(self) -> None:
+    `held` is the queue's condition that the lease is still ours (bound parameters `b_*`).
+    """
+
+    def __init__(self, held: ColumnElement[bool]) -> None:
+        self._held = held
         self._built: dict[tuple[tuple[str, ...], bool, bool], Executable] = {}
         self._lock = threading.Lock()
 
@@ -37,7 +41,7 @@ class AtOnceStatements:
         key = (tuple(sorted(columns)), history, whole_row)
         with self._lock:
             if key not in self._built:
-                self._built[key] = _build(key[0], history=history, whole_row=whole_row)
+                self._built[key] = _build(self._held, key[0], history=history, whole_row=whole_row)
             return self._built[key]
 
 
@@ -50,13 +54,8 @@ def history_row(at: float, before: str | None, after: str, reason: str) -> dict[
     return {"h_at": at, "h_from": before, "h_to": after, "h_reason": reason}
 
 
-def _build(columns: tuple[str, ...], *, history: bool, whole_row: bool) -> Executable:
+def _build(held: ColumnElement[bool], columns: tuple[str, ...], *, history: bool, whole_row: bool) -> Executable:
     untouched = (gates.c.rereview == false()) & (gates.c.woken == false()) & (gates.c.retry_asked == false())
-    held = (
-        (gates.c.id == bindparam("b_id"))
-        & (gates.c.generation == bindparam("b_generation"))
-        & (gates.c.lease_owner == bindparam("b_owner"))
-    )
     values = {name: bindparam(f"v_{name}", type_=gates.c[name].type) for name in columns}
     written = update(gates).where(held & untouched).values(values)
     written = written.returning(*gates.c) if whole_row else written.returning(gates.c.id)

@@ -41,7 +41,7 @@ class GateQueue:
         postgresql = engine.dialect.name == "postgresql"
         self._claims = _POSTGRESQL_CLAIMS if postgresql else _CLAIMS
         # SQLite has no round trips to save, and no data-modifying WITH.
-        self._at_once = AtOnceStatements() if postgresql else None
+        self._at_once = AtOnceStatements(_HOLDS) if postgresql else None
 
     def ping(self) -> None:
         with reading(self._engine) as conn:
