@@ -7,7 +7,8 @@ fixture; time comes from a controllable fake clock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -80,6 +81,21 @@ def claim_gate(store: Store, gate_id: int, owner: str = "w1") -> Gate:
 def close_gate(store: Store, gate_id: int, state: str = "approved") -> None:
     gate = claim_gate(store, gate_id)
     assert store.gates.apply(gate, Change(state, "decided", {"verdict": GateState.APPROVED}))
+
+
+@contextmanager
+def statements_sent(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
+    """The (SQL, parameters) the engine sends to the database while the block runs."""
+    sent: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_rest: Any) -> None:
+        sent.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
 
 
 def run_concurrently(count: int, target: Callable[[int], Any]) -> list[Any]:
@@ -744,15 +760,9 @@ def test_a_postgresql_claim_commits_without_the_flush_for_its_own_statement_only
     """A lost claim is only a lease nobody holds, so it need not wait for the WAL flush; marks and `apply` must."""
     if engine.dialect.name != "postgresql":
         pytest.skip("synchronous_commit is PostgreSQL's; SQLite's claim is one local transaction")
-    sent: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_rest: Any) -> None:
-        sent.append((statement, parameters))
-
     accept(store, "d-1", run_id=1)
-    event.listen(engine, "before_cursor_execute", record)
-    claimed = store.gates.claim_due("w1", limit=1, lease_seconds=LEASE)
-    event.remove(engine, "before_cursor_execute", record)
+    with statements_sent(engine) as sent:
+        claimed = store.gates.claim_due("w1", limit=1, lease_seconds=LEASE)
     assert len(claimed) == 1
     claims = [(sql, params) for sql, params in sent if sql.lstrip().upper().startswith("UPDATE GATES")]
     assert len(claims) == 2, "woken gates first, then due ones"
@@ -780,18 +790,10 @@ def test_a_postgresql_apply_of_a_gate_nobody_touched_is_one_statement(
         pytest.skip("SQLite has no round trips to save")
     gate_id, _ = accept(store, "d-1")
     gate = claim_one(store)
-    sent: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
-        sent.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with statements_sent(engine) as sent:
         carried = store.gates.apply(gate, Change(GateState.AWAITING_REVIEW, "asked", {}), carry_on_seconds=9)
         assert carried is not None and carried.next is not None, "due at once: the gate stays leased"
         closed = store.gates.apply(carried.next, Change(GateState.APPROVED, "decided", {}))
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
     assert closed is not None
     assert len(sent) == 2, sent
