@@ -88,25 +88,52 @@ def test_a_process_told_to_stop_before_its_turn_never_starts_a_worker(tmp_path: 
     third.stop_and_close(budget_seconds=10)
 
 
-def test_new_work_wakes_the_worker_only_where_it_runs(tmp_path: Path) -> None:
+def test_new_work_in_any_process_wakes_the_worker_where_it_runs(tmp_path: Path) -> None:
     processes = Processes(tmp_path / "worker.lock")
     first = processes.start("first")
     processes.when("first runs")
     second = processes.start("second")
 
-    second.wake()  # no worker in that process: nothing to wake, nothing built
-    assert not processes.runtimes["first"].wakeup.is_set()
+    second.wake()  # no worker in that process: a datagram wakes the first's
+    wait_for(lambda: processes.runtimes["first"].wakeup.is_set() or None)
+    assert "second" not in processes.runtimes  # nothing built where the worker does not run
+    processes.runtimes["first"].wakeup.clear()
     first.wake()
     assert processes.runtimes["first"].wakeup.is_set()
 
     first.stop_and_close(budget_seconds=10)
     processes.when("second runs")
-    second.wake()
-    assert processes.runtimes["second"].wakeup.is_set()
+    processes.runtimes["first"].wakeup.clear()
+    third = processes.start("third")
+    third.wake()  # the socket's file follows the worker to the process that took it over
+    wait_for(lambda: processes.runtimes["second"].wakeup.is_set() or None)
+    assert not processes.runtimes["first"].wakeup.is_set()
+    second.stop_and_close(budget_seconds=10)
+    third.stop_and_close(budget_seconds=10)
+
+
+def test_a_lock_path_too_long_for_a_socket_leaves_wakes_to_the_poll(tmp_path: Path, caplog: Any) -> None:
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    processes = Processes(deep / "worker.lock")
+    first = processes.start("first")
+    processes.when("first runs")
+
+    second = processes.start("second")
+    second.wake()  # nobody listens: nothing raised
+
+    assert "waits for the worker's next poll" in caplog.text
+    first.stop_and_close(budget_seconds=10)
     second.stop_and_close(budget_seconds=10)
 
 
-def test_the_lock_file_is_removed_by_the_process_that_made_it(tmp_path: Path) -> None:
+def test_the_lock_file_and_the_wake_socket_are_removed_by_the_process_that_made_them(tmp_path: Path) -> None:
     with worker_lock_file() as lock:
         assert lock.exists()
-    assert not lock.exists()
+        process = Processes(lock)
+        first = process.start("first")
+        process.when("first runs")
+        wake_socket = lock.with_name(lock.name + ".wake")
+        assert wake_socket.exists()
+    assert not lock.exists() and not wake_socket.exists()
+    first.stop_and_close(budget_seconds=10)
