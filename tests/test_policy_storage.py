@@ -179,12 +179,20 @@ def test_a_claim_reads_no_policy_once_it_is_cached(engine: Engine) -> None:
     def claim(queue: GateQueue) -> list[str]:
         return statements(engine, lambda: queue.claim_due("w2", limit=50, lease_seconds=60))
 
-    # Two statements: the woken gates first (none here), then the due ones.
-    leases = [["UPDATE", "gates"], ["UPDATE", "gates"]]
-    assert [sql.split()[:2] for sql in claim(store.gates)] == leases
+    # The woken gates first (none here), then the due ones: two statements on SQLite, one on PostgreSQL.
+    leases = [["UPDATE", "gates"]] * (2 if engine.dialect.name == "sqlite" else 1)
+    assert [_verb_and_table(sql) for sql in claim(store.gates)] == leases
     clock.advance(120)
     # A process that has not met the policy yet reads its row once.
-    assert [sql.split()[:2] for sql in claim(cold.gates)] == [*leases, ["SELECT", "policies.body"]]
+    assert [_verb_and_table(sql) for sql in claim(cold.gates)] == [*leases, ["SELECT", "policies.body"]]
+
+
+def _verb_and_table(sql: str) -> list[str]:
+    """The statement's verb and table; an UPDATE that chooses its rows in a WITH first is `UPDATE gates` too."""
+    words = sql.split()
+    if words[0] == "WITH" and "UPDATE gates SET" in " ".join(words):
+        return ["UPDATE", "gates"]
+    return words[:2]
 
 
 def statements(engine: Engine, run: Callable[[], object]) -> list[str]:

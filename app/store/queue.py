@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Float, Integer, Update, bindparam, func, select, text, true, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
 
 from app.core.gate import FINAL_STATES, OPEN_STATES, Change, Gate, GateState, HistoryEntry
 from app.core.operator import Refused, due_after_step
@@ -20,6 +20,7 @@ from app.core.operator import Rule as OperatorRule
 from app.core.review import answer_again, needs_answer_again
 from app.core.transitions import next_attempt_at
 from app.store.apply_at_once import UNTOUCHED, AtOnceStatements, history_row, parameters
+from app.store.claims import POSTGRESQL_CLAIMS, RANK, SQLITE_CLAIMS
 from app.store.policies import PolicyCache, PolicyLookup
 from app.store.records import history_entry, plain, reading, record_transition, writing_statement_by_statement
 from app.store.schema import gate_history, gates
@@ -39,7 +40,7 @@ class GateQueue:
         self._clock = clock
         self._policies = PolicyCache()
         postgresql = engine.dialect.name == "postgresql"
-        self._claims = _POSTGRESQL_CLAIMS if postgresql else _CLAIMS
+        self._claims = POSTGRESQL_CLAIMS if postgresql else SQLITE_CLAIMS
         # SQLite has no round trips to save, and no data-modifying WITH.
         self._at_once = AtOnceStatements(_HOLDS) if postgresql else None
 
@@ -50,17 +51,18 @@ class GateQueue:
     def claim_due(self, owner: str, *, limit: int, lease_seconds: float, woken_only: bool = False) -> list[Gate]:
         """Lease up to `limit` due gates, those a callback woke first; each lease bumps the gate's generation.
 
-        A woken gate has a reviewer's decision waiting: it goes before the gates
-        due earlier (a burst of new ones), so that decision reaches GitHub at once.
+        The statements are app/store/claims.py's.
         """
         now = self._clock()
         lease = {"b_now": now, "b_owner": owner, "b_expires": now + lease_seconds}
-        claim_woken, claim_due = self._claims
-        # Each UPDATE leases its rows whole; a crash between the two leaves leases that simply expire.
+        woken, woken_then_due = self._claims
+        # Each UPDATE leases its rows whole; a crash between two leaves leases that simply expire.
         with self._policies.transaction() as policy, writing_statement_by_statement(self._engine) as conn:
-            rows = sorted(conn.execute(claim_woken, lease | {"b_limit": limit}), key=_due_at)
-            if len(rows) < limit and not woken_only:
-                rows += sorted(conn.execute(claim_due, lease | {"b_limit": limit - len(rows)}), key=_due_at)
+            rows: list[Any] = []
+            for statement in (woken,) if woken_only else woken_then_due:
+                if len(rows) < limit:
+                    rows += conn.execute(statement, lease | {"b_limit": limit - len(rows)}).all()
+            rows.sort(key=_claim_order)
             return [policy.gate(conn, row._mapping) for row in rows]
 
     def apply(self, gate: Gate, change: Change, *, carry_on_seconds: float | None = None) -> Applied | None:
@@ -216,37 +218,6 @@ class GateQueue:
         return 0.0 if oldest is None else max(0.0, self._clock() - float(oldest))
 
 
-def _due(*, woken: bool) -> Any:
-    """Due gates nobody holds, oldest first (PostgreSQL: rows locked by other claims are skipped)."""
-    now: Any = bindparam("b_now", type_=Float)
-    query = select(gates.c.id).where(gates.c.next_attempt_at <= now)
-    # Only open gates are woken (a closing step clears it): no state term, or SQLite walks ix_gates_due.
-    query = query.where(gates.c.woken == true(), gates.c.closed_at.is_(None)) if woken else query
-    query = query if woken else query.where(gates.c.state.in_(OPEN_STATES))
-    free = (gates.c.lease_expires_at.is_(None)) | (gates.c.lease_expires_at < now)
-    limit = bindparam("b_limit", type_=Integer)
-    return query.where(free).order_by(gates.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
-
-
-def _lease_due(*, woken: bool) -> Update:
-    """Lease the due gates to `b_owner` under a new generation; their rows (one statement)."""
-    values: dict[str, Any] = {"lease_owner": bindparam("b_owner"), "lease_expires_at": bindparam("b_expires")}
-    values |= {"woken": False, "retry_asked": False, "generation": gates.c.generation + 1}
-    return update(gates).where(gates.c.id.in_(_due(woken=woken))).values(**values).returning(*gates.c)
-
-
-def _committed_unflushed(statement: Update) -> Update:
-    """On PostgreSQL: `statement`'s own transaction commits without waiting for the WAL flush.
-
-    Safe for a claim only: a claim lost in a server crash is a lease nobody holds
-    (the gate is due again), and the lease holder's next write, a mark or `apply`,
-    commits with the flush, which makes the earlier claim durable too (WAL is
-    written in order). Set per transaction (`is_local`), so it never outlives the
-    claim's statement on a pooled connection (docs/benchmarks.md, "B4").
-    """
-    return statement.where(func.set_config("synchronous_commit", "off", True).is_not(None))
-
-
 def _holder(gate: Gate) -> dict[str, Any]:
     return {"b_id": gate.id, "b_generation": gate.generation, "b_owner": gate.lease_owner}
 
@@ -254,8 +225,6 @@ def _holder(gate: Gate) -> dict[str, Any]:
 # Built once, with bound parameters (b_*) where they vary: building a statement per call
 # costs more than running it (docs/benchmarks.md, "B3"). An UPDATE built without values
 # sets the columns named by the parameters it is run with.
-_CLAIMS = (_lease_due(woken=True), _lease_due(woken=False))
-_POSTGRESQL_CLAIMS = (_committed_unflushed(_CLAIMS[0]), _committed_unflushed(_CLAIMS[1]))
 _HOLDS = (
     (gates.c.id == bindparam("b_id"))
     & (gates.c.generation == bindparam("b_generation"))
@@ -267,8 +236,8 @@ _SET_GATE = update(gates).where(gates.c.id == bindparam("b_id"))
 _SET_GATE_RETURNING = _SET_GATE.returning(*gates.c)
 
 
-def _due_at(row: Any) -> float:
-    return float(row.next_attempt_at)
+def _claim_order(row: Any) -> tuple[int, float]:
+    return int(row._mapping[RANK]), float(row.next_attempt_at)
 
 
 def _written(
