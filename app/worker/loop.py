@@ -15,8 +15,10 @@ from typing import Any
 
 from app.core.gate import Gate
 from app.store import Store
+from app.store.engine import error_reason
 from app.telemetry.logs import gate_context
 from app.worker.health import Heartbeat
+from app.worker.outage import Outage, emit
 from app.worker.redelivery import CHORE, redeliver_lost_deliveries
 from app.worker.services import Services
 from app.worker.step_runner import StepRunner
@@ -72,6 +74,10 @@ class Worker:
         self._stopping = threading.Event()  # steps finish, but no gate carries on to its next step
         self.heartbeat = Heartbeat()  # each turn of the loop: what the worker's /healthz reads
         self._steps = StepRunner(store, services, lease_seconds=self._lease_seconds, written=self._stop_renewing)
+        # One each: each runs on a thread of its own (loop, lease heartbeat, chore).
+        self._claims = Outage("claim gates", clock=time.monotonic)
+        self._renewals = Outage("renew the leases of running gates", clock=time.monotonic)
+        self._chores = Outage("look for lost deliveries", clock=time.monotonic)
 
     def run(self, stop: threading.Event, *, stop_budget_seconds: float = STOP_BUDGET_SECONDS) -> None:
         """Claim and run due gates until `stop`; then let running steps finish within the budget, release the rest."""
@@ -240,9 +246,10 @@ class Worker:
             return
         try:
             lost = self._store.gates.renew(running, lease_seconds=self._lease_seconds)
-        except Exception:
-            log.warning("cannot renew the leases of %d running gates (database unavailable?)", len(running))
+        except Exception as exc:
+            emit(log, self._renewals.failed(error_reason(exc)), exc)
             return
+        emit(log, self._renewals.succeeded())
         by_id = {gate.id: gate for gate in running}
         for gate_id in lost:
             context = gate_context(by_id[gate_id])
@@ -251,10 +258,12 @@ class Worker:
     def _claim(self, limit: int, *, woken_only: bool = False) -> list[Gate]:
         try:
             lease = self._lease_seconds
-            return self._store.gates.claim_due(self._owner, limit=limit, lease_seconds=lease, woken_only=woken_only)
-        except Exception:
-            log.exception("cannot claim gates (database unavailable?)")
+            claimed = self._store.gates.claim_due(self._owner, limit=limit, lease_seconds=lease, woken_only=woken_only)
+        except Exception as exc:
+            emit(log, self._claims.failed(error_reason(exc)), exc)
             return []
+        emit(log, self._claims.succeeded())
+        return claimed
 
     def _recover_lost_deliveries(self) -> None:
         """One replica per interval (the database decides which) asks GitHub to resend lost deliveries."""
@@ -264,8 +273,10 @@ class Worker:
         try:
             if self._store.chores.take_turn(CHORE, every_seconds=interval):
                 redeliver_lost_deliveries(self._store.deliveries, self._svc)
-        except Exception:
-            log.exception("looking for lost deliveries failed; next try in %.0fs", interval)
+        except Exception as exc:
+            emit(log, self._chores.failed(error_reason(exc)), exc)
+            return
+        emit(log, self._chores.succeeded())
 
     def run_once(self) -> int:
         """Claim what is due now (up to the concurrency) and run one step each; for tests."""
