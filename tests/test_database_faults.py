@@ -9,6 +9,8 @@ mounts (root only) and fills with ballast: SQLite's WAL then cannot grow (SQLITE
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import sqlite3
 import subprocess
 import threading
@@ -22,14 +24,15 @@ import httpx
 import pytest
 from sqlalchemy import Engine, make_url
 
-from app.core.gate import GateState
+from app.core.gate import Gate, GateState
 from app.store.engine import make_engine, migrate
 from tests.support.postgres import throwaway_schema_url
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
-from tests.world import World, running_world
+from tests.world import World, running_world, wait_for
 
 WEBHOOK_BOUND = 8.0  # GitHub gives up after 10 s
 WEB_LOCK_TIMEOUT = 1.0  # the web process waits 5 s in production (app/server.py); shorter keeps the test quick
+BACK_AGAIN = re.compile(r"database reachable again after \d+ s: can claim gates again")
 
 
 def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
@@ -61,11 +64,12 @@ def redeliver_and_decide(world: World, run_id: int, delivery_id: str) -> None:
 
 
 @contextmanager
-def postgres_behind_a_proxy() -> Iterator[tuple[Engine, TcpProxy]]:
+def postgres_behind_a_proxy(password: str | None = None) -> Iterator[tuple[Engine, TcpProxy]]:
     with throwaway_schema_url() as url:
         direct = make_url(url)
         with tcp_proxy(direct.host or "127.0.0.1", direct.port or 5432) as proxy:
-            proxied = direct.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+            proxied_url = direct.set(host="127.0.0.1", port=proxy.port, password=password or direct.password)
+            proxied = proxied_url.render_as_string(hide_password=False)
             engine = make_engine(proxied, lock_timeout_seconds=WEB_LOCK_TIMEOUT)
             migrate(engine)
             try:
@@ -121,6 +125,65 @@ def test_postgresql_lost_mid_step_is_decided_once_when_back(
         assert world.gate(gate_id).state is GateState.APPROVED
         assert world.final_states(run_id=1) == ["approved"]
         assert len(world.stacksona.threads_for_task(task_id)) == 1
+
+
+def failed_claims(world: World, monkeypatch: pytest.MonkeyPatch) -> list[Exception]:
+    """Every exception a claim of the worker's raises, as it happens."""
+    failed: list[Exception] = []
+    claim_due: Callable[..., list[Gate]] = world.store.gates.claim_due
+
+    def counting(owner: str, **kwargs: Any) -> list[Gate]:
+        try:
+            return claim_due(owner, **kwargs)
+        except Exception as exc:
+            failed.append(exc)
+            raise
+
+    monkeypatch.setattr(world.store.gates, "claim_due", counting)
+    return failed
+
+
+@contextmanager
+def worker_loop(world: World) -> Iterator[None]:
+    stop = threading.Event()
+    loop = threading.Thread(target=world.worker.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+        assert not loop.is_alive(), "the worker did not stop"
+
+
+def test_a_postgresql_outage_is_one_warning_and_one_line_when_it_ends_not_a_traceback_a_turn(
+    tmp_path: Path,
+    private_pem: str,
+    public_pem: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The real loop through some twenty failed claims: one WARNING naming the error, one INFO when it works again."""
+    password = "pw-never-logged"  # the server trusts loopback connections and ignores it; the log must not show it
+    with (
+        postgres_behind_a_proxy(password) as (engine, proxy),
+        running_world(tmp_path, private_pem, public_pem, engine=engine, redelivery_interval_seconds=None) as world,
+    ):
+        world.stacksona.script("api", "allow")
+        gate_id = world.deploy("api", run_id=1)
+        failed = failed_claims(world, monkeypatch)
+        proxy.cut()
+        with caplog.at_level(logging.DEBUG, logger="app.worker.loop"), worker_loop(world):
+            wait_for(lambda: len(failed) >= 20 or None)  # about ten turns of the loop
+            proxy.restore()
+            wait_for(lambda: world.gate(gate_id).state is GateState.APPROVED or None)
+    records = [r for r in caplog.records if r.name.startswith("app.worker.")]
+    [warning] = [r for r in records if r.levelno >= logging.WARNING]
+    assert warning.getMessage().startswith("cannot claim gates: OperationalError: ") and warning.exc_info is None
+    assert [r.levelno for r in records if r.exc_info] == [logging.DEBUG], "one traceback, at DEBUG"
+    back = [r.levelno for r in records if BACK_AGAIN.fullmatch(r.getMessage())]
+    assert back == [logging.INFO]
+    assert password not in caplog.text
 
 
 # --- SQLite locked and out of disk -------------------------------------------------------------------

@@ -216,7 +216,9 @@ def test_serve_writes_every_line_as_json_on_stderr(deployment: Deployment, priva
     access = [line["message"] for line in lines if line["logger"] == "gunicorn.access"]
     # 202 (woken), or 200 when the worker's first poll, right after the status report, saw the approval first.
     assert any(re.search(r'"POST /webhooks/stacksona" 20[02] ', message) for message in access), access
-    gate_lines = [line for line in lines if line["logger"] == "app.worker.loop" and line["message"].startswith("gate")]
+    gate_lines = [
+        line for line in lines if line["logger"] == "app.worker.step_runner" and line["message"].startswith("gate")
+    ]
     context = {"gate_id", "repository", "run_id", "environment", "task_id"}
     assert gate_lines and all(context <= line.keys() for line in gate_lines)
     assert {(g["run_id"], g["environment"], g["repository"]) for g in gate_lines} == {

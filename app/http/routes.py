@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from app.core.gate import OPEN_STATES
@@ -21,6 +21,7 @@ from app.http.signature import is_valid_signature
 from app.settings import Settings
 from app.store import Store
 from app.store.deliveries import StoreBusy
+from app.store.engine import error_reason
 from app.telemetry.logs import gate_context
 from app.telemetry.metrics import CONTENT_TYPE, GateCounts, GateGauges, Metrics, default_metrics
 
@@ -254,7 +255,7 @@ def _store_delivery(
             return _BUSY
         except SQLAlchemyError as exc:
             # The transaction rolled back: GitHub may redeliver, nothing was stored.
-            log.error("delivery %s not stored: %s", delivery_id, _reason(exc), extra=context)
+            log.error("delivery %s not stored: %s", delivery_id, error_reason(exc), extra=context)
             return 503, {"error": "cannot store the delivery right now; redeliver it", "outcome": "unavailable"}
     log.info(
         "delivery %s for %s run %s [%s]: gate %s %s",
@@ -267,14 +268,6 @@ def _store_delivery(
         extra=context | {"gate_id": gate_id},
     )
     return 202, {"gate_id": gate_id, "outcome": str(outcome)}
-
-
-def _reason(exc: SQLAlchemyError) -> str:
-    """The driver's first line ("database is locked", "canceling statement due to lock timeout")."""
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        lines = str(exc.orig).strip().splitlines()
-        return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
-    return type(exc).__name__
 
 
 def handle_stacksona_callback(settings: Settings, store: Store, slots: DatabaseSlots) -> Answer:
@@ -297,7 +290,7 @@ def handle_stacksona_callback(settings: Settings, store: Store, slots: DatabaseS
         try:
             gate = store.gates.wake(thread_id=thread_id, task_id=task_id)
         except SQLAlchemyError as exc:
-            log.error("callback not handled: %s", _reason(exc))
+            log.error("callback not handled: %s", error_reason(exc))
             return 503, {"error": "database unavailable", "outcome": "unavailable"}
     if gate is None:
         return _callback_refused(404, "no gate for this thread", "unknown_thread", ids=(thread_id, task_id))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from app.store import sqlite_writer
 
@@ -38,6 +38,20 @@ def make_engine(url: str, *, lock_timeout_seconds: float | None = None, **kwargs
     if lock_timeout_seconds is not None:
         _bound_postgresql_waits(engine, lock_timeout_seconds)
     return engine
+
+
+def error_reason(exc: BaseException) -> str:
+    """What a log line may show of an error: its class and first line, e.g. "OperationalError: database is locked".
+
+    Of a database error, the driver's first line only: SQLAlchemy's own text carries the statement and
+    its parameters, and a driver's message names host and port, never the URL's password.
+    """
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        message = str(exc.orig)
+    else:
+        message = "" if isinstance(exc, SQLAlchemyError) else str(exc)
+    lines = message.strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
 def _sqlite_engine(url: str, busy_timeout_seconds: float, **kwargs: Any) -> Engine:

@@ -9,18 +9,19 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from app.core.gate import Change, Gate
-from app.core.transitions import after_internal_error
+from app.core.gate import Gate
 from app.store import Store
+from app.store.engine import error_reason
 from app.telemetry.logs import gate_context
 from app.worker.health import Heartbeat
+from app.worker.outage import Outage, emit
 from app.worker.redelivery import CHORE, redeliver_lost_deliveries
 from app.worker.services import Services
-from app.worker.steps import LeaseLost, run_step, tell_stacksona
+from app.worker.step_runner import StepRunner
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ class Worker:
         self.wakeup = threading.Event()
         self._stopping = threading.Event()  # steps finish, but no gate carries on to its next step
         self.heartbeat = Heartbeat()  # each turn of the loop: what the worker's /healthz reads
+        self._steps = StepRunner(store, services, lease_seconds=self._lease_seconds, written=self._stop_renewing)
+        # One each: each runs on a thread of its own (loop, lease heartbeat, chore).
+        self._claims = Outage("claim gates", clock=time.monotonic)
+        self._renewals = Outage("renew the leases of running gates", clock=time.monotonic)
+        self._chores = Outage("look for lost deliveries", clock=time.monotonic)
 
     def run(self, stop: threading.Event, *, stop_budget_seconds: float = STOP_BUDGET_SECONDS) -> None:
         """Claim and run due gates until `stop`; then let running steps finish within the budget, release the rest."""
@@ -240,9 +246,10 @@ class Worker:
             return
         try:
             lost = self._store.gates.renew(running, lease_seconds=self._lease_seconds)
-        except Exception:
-            log.warning("cannot renew the leases of %d running gates (database unavailable?)", len(running))
+        except Exception as exc:
+            emit(log, self._renewals.failed(error_reason(exc)), exc)
             return
+        emit(log, self._renewals.succeeded())
         by_id = {gate.id: gate for gate in running}
         for gate_id in lost:
             context = gate_context(by_id[gate_id])
@@ -251,10 +258,12 @@ class Worker:
     def _claim(self, limit: int, *, woken_only: bool = False) -> list[Gate]:
         try:
             lease = self._lease_seconds
-            return self._store.gates.claim_due(self._owner, limit=limit, lease_seconds=lease, woken_only=woken_only)
-        except Exception:
-            log.exception("cannot claim gates (database unavailable?)")
+            claimed = self._store.gates.claim_due(self._owner, limit=limit, lease_seconds=lease, woken_only=woken_only)
+        except Exception as exc:
+            emit(log, self._claims.failed(error_reason(exc)), exc)
             return []
+        emit(log, self._claims.succeeded())
+        return claimed
 
     def _recover_lost_deliveries(self) -> None:
         """One replica per interval (the database decides which) asks GitHub to resend lost deliveries."""
@@ -264,8 +273,10 @@ class Worker:
         try:
             if self._store.chores.take_turn(CHORE, every_seconds=interval):
                 redeliver_lost_deliveries(self._store.deliveries, self._svc)
-        except Exception:
-            log.exception("looking for lost deliveries failed; next try in %.0fs", interval)
+        except Exception as exc:
+            emit(log, self._chores.failed(error_reason(exc)), exc)
+            return
+        emit(log, self._chores.succeeded())
 
     def run_once(self) -> int:
         """Claim what is due now (up to the concurrency) and run one step each; for tests."""
@@ -275,84 +286,8 @@ class Worker:
         return len(gates)
 
     def process(self, gate: Gate, *, carry_on: bool = False) -> Gate | None:
-        """One step for one gate; nothing a single gate does may stop the loop.
-
-        With `carry_on`, returns the gate, still leased, when its next step is due at once.
-        """
-        try:
-            return self._step_and_store(gate, carry_on)
-        except Exception:
-            log.exception(
-                "gate %s: unexpected failure; its lease will expire and it reruns", gate.id, extra=gate_context(gate)
-            )
-            return None
-
-    def _step_and_store(self, gate: Gate, carry_on: bool) -> Gate | None:
-        try:
-            change = run_step(gate, self._svc, lambda values: self._mark(gate, values))
-        except LeaseLost as exc:
-            log.warning("%s; another worker carries on", exc, extra=gate_context(gate))
-            return None
-        except Exception as exc:
-            log.exception("gate %s: step failed unexpectedly", gate.id, extra=gate_context(gate))
-            change = after_internal_error(gate, type(exc).__name__, now=self._svc.clock(), rand=self._svc.rand)
-        lease = self._lease_seconds if carry_on else None
-        try:
-            written = self._store.gates.apply(gate, change, carry_on_seconds=lease)
-        except Exception:
-            log.exception(
-                "gate %s: cannot store the step's result; its lease will expire and it reruns",
-                gate.id,
-                extra=gate_context(gate),
-            )
-            return None
-        finally:
-            self._stop_renewing(gate)
-        if written is None:
-            log.warning("gate %s: lease lost, result of this step discarded", gate.id, extra=gate_context(gate))
-            return None
-        self._log_change(gate, written.change)
-        self._tell_reviewer(gate, written.change)
-        return written.next
-
-    def _tell_reviewer(self, gate: Gate, written: Change) -> None:
-        try:
-            problem = tell_stacksona(gate, written, self._svc)
-        except Exception:
-            log.exception("gate %s: timeline event not added (its result is stored)", gate.id, extra=gate_context(gate))
-            return
-        if problem is not None:
-            log.warning("gate %s: timeline event not added (%s)", gate.id, problem, extra=gate_context(gate))
-
-    def _mark(self, gate: Gate, values: Mapping[str, Any]) -> bool:
-        return self._store.gates.mark(gate, values, lease_seconds=self._lease_seconds)
-
-    def _log_change(self, gate: Gate, change: Change) -> None:
-        context = gate_context(gate)
-        if change.values.get("thread_id"):  # the thread Stacksona opened in this step
-            context["thread_id"] = change.values["thread_id"]
-        if change.alert:
-            log.error(
-                "gate %s %s run %s [%s]: %s",
-                gate.id,
-                gate.full_name,
-                gate.run_id,
-                gate.environment,
-                change.alert,
-                extra=context,
-            )
-        if change.state != gate.state or change.record:
-            move = gate.state if change.state == gate.state else f"{gate.state} -> {change.state}"
-            log.info(
-                "gate %s %s run %s [%s]: %s: %s",
-                gate.id,
-                gate.full_name,
-                gate.run_id,
-                gate.environment,
-                move,
-                change.reason,
-                extra=context,
-            )
+        """One step for one gate (`StepRunner.process`): with `carry_on`, the gate if its next step is due now."""
+        return self._steps.process(gate, carry_on=carry_on)
 
 
 def _daemon(target: Callable[..., None], *args: Any, name: str) -> threading.Thread:
