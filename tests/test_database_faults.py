@@ -32,7 +32,7 @@ from tests.world import World, running_world, wait_for
 
 WEBHOOK_BOUND = 8.0  # GitHub gives up after 10 s
 WEB_LOCK_TIMEOUT = 1.0  # the web process waits 5 s in production (app/server.py); shorter keeps the test quick
-BACK_AGAIN = re.compile(r"database reachable again after \d+ s: can claim gates again")
+BACK_AGAIN = re.compile(r"can claim gates again after \d+ s")
 
 
 def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:

@@ -29,7 +29,7 @@ def still(seconds: int) -> tuple[str, str]:
 
 
 def back(seconds: int) -> tuple[str, str]:
-    return ("INFO", f"database reachable again after {seconds} s: can claim gates again")
+    return ("INFO", f"can claim gates again after {seconds} s")
 
 
 # Each case: the calls, as (seconds since the start, whether the call failed), and every line they log.

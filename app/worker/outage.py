@@ -54,7 +54,7 @@ class Outage:
         if self._since is None:
             return []
         seconds, self._since = self._clock() - self._since, None
-        return [Line(logging.INFO, f"database reachable again after {seconds:.0f} s: can {self._action} again")]
+        return [Line(logging.INFO, f"can {self._action} again after {seconds:.0f} s")]
 
 
 def emit(log: logging.Logger, lines: Iterable[Line], exc: BaseException | None = None) -> None:
