@@ -11,6 +11,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from app.store import sqlite_writer
+from app.store.liveness import check_connections_at_checkout
 
 # Execution option marking a connection that only reads (see the SQLite engine).
 READ_ONLY = "stacksona_read_only"
@@ -34,7 +35,8 @@ def make_engine(url: str, *, lock_timeout_seconds: float | None = None, **kwargs
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     # A server that silently drops packets must not hold a request for the OS's TCP timeout (minutes).
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} | kwargs.pop("connect_args", {})
-    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+    check_connections_at_checkout(engine)  # pool_pre_ping without its round trip (app/store/liveness.py)
     if lock_timeout_seconds is not None:
         _bound_postgresql_waits(engine, lock_timeout_seconds)
     return engine
