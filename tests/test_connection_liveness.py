@@ -1,4 +1,4 @@
-"""A pooled PostgreSQL connection the server ended is replaced before use, with no ping for a live one (app/store/liveness.py)."""
+"""Pooled PostgreSQL connections: one the server ended is replaced; a live one is not pinged (app/store/liveness.py)."""
 
 from __future__ import annotations
 
