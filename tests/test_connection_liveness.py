@@ -69,9 +69,7 @@ def test_a_connection_the_server_ended_is_replaced_and_the_next_transaction_work
     assert len(pings) == 1
 
 
-def test_a_message_to_an_idle_live_connection_costs_a_ping_not_the_connection(
-    pooled: Engine, pings: list[int]
-) -> None:
+def test_a_message_to_an_idle_live_connection_costs_a_ping_not_the_connection(pooled: Engine, pings: list[int]) -> None:
     with pooled.connect() as conn:
         listening = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
         conn.execute(text("LISTEN liveness_check"))
