@@ -123,8 +123,8 @@ def test_a_claim_looks_for_woken_gates_in_their_own_index_first(engine: Engine) 
     if engine.dialect.name == "sqlite":
         assert "USING INDEX ix_gates_woken (next_attempt_at<?)" in plan, plan
     else:
-        # A bitmap scan and a sort of the woken gates: a handful at any time.
-        assert "on ix_gates_woken" in plan and "Seq Scan" not in plan, plan
+        # One statement (app/store/claims.py); its woken choice scans the woken gates' index: a handful at any time.
+        assert "on ix_gates_woken" in cte_plan(plan, "woken_due") and "Seq Scan" not in plan, plan
 
 
 def test_a_claim_reads_due_open_gates_only(engine: Engine) -> None:
@@ -135,7 +135,9 @@ def test_a_claim_reads_due_open_gates_only(engine: Engine) -> None:
         # One range per open state; SQLite stops each range at its first row (ORDER BY ... LIMIT).
         assert "USING INDEX ix_gates_due (state=? AND next_attempt_at<?)" in plan, plan
     else:
-        assert "Index Scan using ix_gates_due" in plan and "Sort" not in plan, plan
+        # Read in order from the index, never sorted (the statement sorts only the few rows it chose).
+        due = cte_plan(plan, "due")
+        assert "Index Scan using ix_gates_due" in due and "Sort" not in due, plan
 
 
 def test_pruning_finds_old_closed_gates_without_reading_open_ones(engine: Engine) -> None:
@@ -168,7 +170,7 @@ def query_plan(engine: Engine, marker: str, run: Callable[[], object], *, which:
     sent: list[tuple[str, Any]] = []
 
     def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().startswith(("SELECT", "UPDATE")) and marker in statement:
+        if statement.lstrip().startswith(("SELECT", "UPDATE", "WITH")) and marker in statement:
             sent.append((statement, parameters))
 
     event.listen(engine, "before_cursor_execute", capture)
@@ -179,6 +181,19 @@ def query_plan(engine: Engine, marker: str, run: Callable[[], object], *, which:
     statement, parameters = sent[which]
     with engine.begin() as conn:
         return _explain(conn, statement, parameters)
+
+
+def cte_plan(plan: str, name: str) -> str:
+    """The lines of PostgreSQL's plan for the WITH query `name`: its "CTE name" line and those indented under it."""
+    lines = plan.splitlines()
+    start = next(index for index, line in enumerate(lines) if line.strip() == f"CTE {name}")
+    depth = len(lines[start]) - len(lines[start].lstrip())
+    section = [lines[start]]
+    for line in lines[start + 1 :]:
+        if len(line) - len(line.lstrip()) <= depth:
+            break
+        section.append(line)
+    return "\n".join(section)
 
 
 def _explain(conn: Connection, statement: str, parameters: Any) -> str:
