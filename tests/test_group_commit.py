@@ -18,6 +18,7 @@ from app.http.payload import parse_deployment_request
 from app.http.routes import create_app
 from app.http.signature import sign
 from app.store import Store
+from app.store import deliveries as delivery_store
 from app.store.deliveries import Delivery, StoreBusy
 from tests.support.payloads import API, deployment_payload
 from tests.world import WEBHOOK_SECRET, make_settings, wait_for
@@ -181,3 +182,32 @@ def post(client: Any, delivery_id: str, run_id: int) -> tuple[int, str]:
     }
     response = client.post("/webhooks/github", data=raw, headers=headers, content_type="application/json")
     return response.status_code, response.json["outcome"]
+
+
+@pytest.mark.parametrize(("sqlstate", "runs"), [("40P01", 2), ("40001", 2), ("53100", 1)])
+def test_a_batch_the_database_ended_as_a_deadlock_runs_again(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, sqlstate: str, runs: int
+) -> None:
+    """Two processes' batches waiting for each other crosswise: PostgreSQL ends one, which is safe to run again."""
+
+    class DriverError(Exception):
+        pass
+
+    DriverError.sqlstate = sqlstate  # type: ignore[attr-defined]  # psycopg's errors carry it
+    store, calls = Store.open(engine, time.time), []
+    store_batch = delivery_store._store_batch
+
+    def ended_once(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("INSERT INTO gates", {}, DriverError("ended by the database"))
+        return store_batch(*args)
+
+    monkeypatch.setattr(delivery_store, "_store_batch", ended_once)
+    if runs == 1:  # not a conflict (53100: disk full): the error reaches the caller, nothing stored
+        with pytest.raises(OperationalError):
+            accept(store, "d-ended", 5)
+        assert store.deliveries.stored_deliveries(["d-ended"]) == set()
+    else:
+        assert accept(store, "d-ended", 5)[1] == AcceptOutcome.CREATED
+    assert len(calls) == runs

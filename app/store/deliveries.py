@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql import Executable
 
 from app.core.gate import AcceptOutcome, DeploymentRequest, GateState
@@ -28,6 +28,8 @@ from app.store.schema import deliveries, gate_history, gates
 __all__ = ["Accepted", "Delivery", "DeliveryStore", "StoreBusy", "open_key", "task_id_for"]
 
 Accepted = tuple[int, AcceptOutcome]
+# PostgreSQL's "deadlock detected" and "could not serialize": the transaction is safe to run again.
+_RETRIED_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 class DeliveryStore:
@@ -62,10 +64,11 @@ class DeliveryStore:
             try:
                 with self._engine.begin() as conn:
                     return _store_batch(conn, batch, self._clock())
-            except IntegrityError:
-                # A concurrent delivery (another process) won the race for the
-                # open key or the delivery id; the next round finds its row.
-                if attempt == 2:
+            except DBAPIError as exc:
+                # A concurrent batch (another process) won the race for the open key or
+                # the delivery id, and the next round finds its row; or two batches waited
+                # for each other's new rows crosswise and PostgreSQL ended this one.
+                if attempt == 2 or not _worth_another_round(exc):
                     raise
         raise AssertionError("unreachable")
 
@@ -150,6 +153,10 @@ def _store_batch(conn: Connection, batch: Sequence[Delivery], now: float) -> lis
     ]
     _insert_rows(conn, _INSERT_DELIVERIES, stored)
     return [(gate_id(ref), outcome) for ref, outcome in plan.outcomes]
+
+
+def _worth_another_round(exc: DBAPIError) -> bool:
+    return isinstance(exc, IntegrityError) or getattr(exc.orig, "sqlstate", None) in _RETRIED_SQLSTATES
 
 
 def _history_row(entry: Transition, gate_id: int, now: float) -> dict[str, Any]:
