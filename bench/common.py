@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import make_url, text
 
+from app.simulators.app_environment import app_environment as deployed_environment
 from app.store.engine import make_engine
 
 BACKENDS = ("sqlite", "postgres")
@@ -160,17 +161,18 @@ def app_environment(
     *, private_pem: str, secret: str, api_key: str, app_id: int, github_url: str, stacksona_url: str, database: str
 ) -> dict[str, str]:
     """The environment of an App process (and of the baselines), nothing of the benchmark's own but PATH."""
-    return {
-        "PATH": os.environ.get("PATH", ""),
+    deployed = deployed_environment(
+        private_pem=private_pem,
+        app_id=app_id,
+        webhook_secret=secret,
+        api_key=api_key,
+        github_url=github_url,
+        stacksona_url=stacksona_url,
+        database_url=database,
+    )
+    return deployed | {
         # bench.baseline_app runs from a scratch directory too (the App reads a .env in its working directory).
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-        "GITHUB_APP_ID": str(app_id),
-        "GITHUB_PRIVATE_KEY": private_pem.replace("\n", "\\n"),
-        "GITHUB_WEBHOOK_SECRET": secret,
-        "GITHUB_API_URL": github_url,
-        "STACKSONA_GATE_URL": stacksona_url,
-        "STACKSONA_API_KEY": api_key,
-        "DATABASE_URL": database,
         "GITHUB_REDELIVERY_INTERVAL": "off",
         "HOST": "127.0.0.1",
         "WORKER_HEALTH_PORT": str(free_port()),

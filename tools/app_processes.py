@@ -25,6 +25,7 @@ from typing import Literal
 
 import httpx
 
+from app.simulators.app_environment import app_environment as deployed_environment
 from app.simulators.github import GitHubSimulator
 from app.simulators.github_apps import new_key_pair
 from app.simulators.stacksona import StacksonaSimulator
@@ -66,17 +67,10 @@ def point_webhook_at(github: GitHubSimulator, webhook_url: str) -> None:
 
 def app_environment(private_pem: str, github_url: str, stacksona_url: str, database_url: str) -> dict[str, str]:
     """What a deployed App is given, and nothing of the tool's own environment (PATH aside)."""
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "GITHUB_APP_ID": str(APP_ID),
-        "GITHUB_PRIVATE_KEY": private_pem.replace("\n", "\\n"),
-        "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "GITHUB_API_URL": github_url,
-        "STACKSONA_GATE_URL": stacksona_url,
-        "STACKSONA_API_KEY": API_KEY,
-        "DATABASE_URL": database_url,
-        "HOST": "127.0.0.1",
-    }
+    ids = {"app_id": APP_ID, "webhook_secret": WEBHOOK_SECRET, "api_key": API_KEY}
+    return deployed_environment(
+        private_pem=private_pem, github_url=github_url, stacksona_url=stacksona_url, database_url=database_url, **ids
+    ) | {"HOST": "127.0.0.1"}
 
 
 def children_of(pid: int) -> list[int]:

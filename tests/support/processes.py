@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from app.simulators.app_environment import app_environment as deployed_environment
 from app.simulators.github import GitHubSimulator
 from app.simulators.stacksona import StacksonaSimulator
 from tests.world import API_KEY, APP_ID, WEBHOOK_SECRET, make_settings
@@ -20,18 +20,11 @@ def free_port() -> int:
 
 
 def app_environment(private_pem: str, github_url: str, stacksona_url: str, database_url: str) -> dict[str, str]:
-    """The environment a deployed App needs, and nothing of the test's own (PATH aside)."""
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "GITHUB_APP_ID": str(APP_ID),
-        # One line, as a container environment holds it; the App turns "\n" back into newlines.
-        "GITHUB_PRIVATE_KEY": private_pem.replace("\n", "\\n"),
-        "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "GITHUB_API_URL": github_url,
-        "STACKSONA_GATE_URL": stacksona_url,
-        "STACKSONA_API_KEY": API_KEY,
-        "DATABASE_URL": database_url,
-    }
+    """The environment a deployed App needs (the test world's App id and secrets), and nothing of the test's own."""
+    ids = {"app_id": APP_ID, "webhook_secret": WEBHOOK_SECRET, "api_key": API_KEY}
+    return deployed_environment(
+        private_pem=private_pem, github_url=github_url, stacksona_url=stacksona_url, database_url=database_url, **ids
+    )
 
 
 def spawn_app(command: str, env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
