@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import select
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +40,16 @@ def pings(pooled: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sent
 
 
+def pooled_socket(engine: Engine) -> int:
+    """The descriptor of the one pooled connection, taken without the pool's check (which would consume the news)."""
+    (record,) = list(engine.pool._pool.queue)  # type: ignore[attr-defined]
+    return int(record.dbapi_connection.fileno())
+
+
+def wait_until_readable(descriptor: int) -> None:
+    wait_for(lambda: select.select([descriptor], [], [], 0)[0] or None)
+
+
 def backend_pid(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
@@ -63,6 +75,7 @@ def test_a_connection_the_server_ended_is_replaced_and_the_next_transaction_work
 ) -> None:
     ended = backend_pid(pooled)
     from_another_connection(pooled, "SELECT pg_terminate_backend(:pid)", pid=ended)
+    wait_until_readable(pooled_socket(pooled))  # the backend has sent its FATAL message and closed
 
     # With no check at checkout this fails: "terminating connection due to administrator command".
     assert backend_pid(pooled) != ended
@@ -74,9 +87,41 @@ def test_a_message_to_an_idle_live_connection_costs_a_ping_not_the_connection(po
         listening = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
         conn.execute(text("LISTEN liveness_check"))
         conn.commit()
-        descriptor = conn.connection.dbapi_connection.fileno()  # type: ignore[union-attr]
     from_another_connection(pooled, "NOTIFY liveness_check")
-    wait_for(lambda: select.select([descriptor], [], [], 0)[0] or None)  # the idle connection has a message to read
+    wait_until_readable(pooled_socket(pooled))  # the idle connection has a message to read
 
     assert backend_pid(pooled) == listening
     assert len(pings) == 1
+
+
+def socket_options(engine: Engine) -> dict[str, int]:
+    """The TCP options libpq set on a pooled connection's socket."""
+    with engine.connect() as conn:
+        descriptor = conn.connection.dbapi_connection.fileno()  # type: ignore[union-attr]
+        probe = socket.socket(fileno=os.dup(descriptor))
+        try:
+            return {
+                "keepalive": probe.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                "idle": probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                "interval": probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                "count": probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                "user_timeout_ms": probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+            }
+        finally:
+            probe.close()
+
+
+def test_a_connection_to_a_host_that_vanished_is_given_up_within_a_minute(pooled: Engine) -> None:
+    """A lost host sends no FIN: the kernel's keepalives end an idle connection, the user timeout a stuck send."""
+    options = socket_options(pooled)
+    assert options == {"keepalive": 1, "idle": 30, "interval": 10, "count": 3, "user_timeout_ms": 30_000}
+
+
+def test_the_database_url_may_set_its_own_keepalives(pooled: Engine) -> None:
+    url = pooled.url.update_query_dict({"keepalives_idle": "120", "tcp_user_timeout": "0"})
+    engine = make_engine(url.render_as_string(hide_password=False))
+    try:
+        options = socket_options(engine)
+    finally:
+        engine.dispose()
+    assert (options["idle"], options["interval"], options["user_timeout_ms"]) == (120, 10, 0)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from app.store import sqlite_writer
@@ -18,6 +18,13 @@ READ_ONLY = "stacksona_read_only"
 _MIGRATION_LOCK_ID = 0x5A7E_6A7E
 PATIENT_LOCK_WAIT_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 3
+_TCP_DEFAULTS = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # milliseconds
+}
 # A wait in the writers' queue shorter than this is not taken off SQLite's busy timeout (two pragmas saved).
 _UNCOUNTED_WAIT_SECONDS = 0.05
 
@@ -34,12 +41,27 @@ def make_engine(url: str, *, lock_timeout_seconds: float | None = None, **kwargs
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     # A server that silently drops packets must not hold a request for the OS's TCP timeout (minutes).
-    connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} | kwargs.pop("connect_args", {})
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} | _tcp_defaults(url) | kwargs.pop("connect_args", {})
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     check_connections_at_checkout(engine)  # pool_pre_ping without its round trip (app/store/liveness.py)
     if lock_timeout_seconds is not None:
         _bound_postgresql_waits(engine, lock_timeout_seconds)
     return engine
+
+
+def _tcp_defaults(url: str) -> dict[str, int]:
+    """libpq's keepalives and TCP user timeout, unless the URL sets them (`?keepalives_idle=60`).
+
+    A database host lost without closing anything (power, a network partition)
+    sends no FIN: without keepalives an idle pooled connection looks alive for
+    the OS's two hours, and a statement sent on it waits for TCP's retransmissions
+    (about 15 minutes). With these, the kernel gives an idle connection up after
+    60 s of silence (30 s idle, then three probes 10 s apart; the pool's check then
+    replaces it, app/store/liveness.py) and gives up on a
+    statement whose bytes stay unacknowledged for 30 s.
+    """
+    query = make_url(url).query
+    return {name: value for name, value in _TCP_DEFAULTS.items() if name not in query}
 
 
 def error_reason(exc: BaseException) -> str:
