@@ -76,6 +76,7 @@ class CrossProcessWake:
             receiver.close()
             log.warning("work reaching other processes waits for the worker's next poll: %s (%s)", exc, self._path)
             return lambda: None
+        os.chmod(self._path, 0o600)  # only this user's processes may wake it (sending needs write permission)
         receiver.settimeout(0.5)
         listener = threading.Thread(target=_set_at_each, args=(receiver, wakeup, stop), name="gate-wake", daemon=True)
         listener.start()

@@ -135,5 +135,6 @@ def test_the_lock_file_and_the_wake_socket_are_removed_by_the_process_that_made_
         process.when("first runs")
         wake_socket = lock.with_name(lock.name + ".wake")
         assert wake_socket.exists()
+        assert wake_socket.stat().st_mode & 0o077 == 0, "another user could wake the worker"
     assert not lock.exists() and not wake_socket.exists()
     first.stop_and_close(budget_seconds=10)
