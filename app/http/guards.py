@@ -5,8 +5,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from app.core.text import first_unsafe
+
+# A route's answer: the HTTP status and its JSON body.
+Answer = tuple[int, dict[str, Any]]
+BUSY: Answer = 503, {"error": "too many requests waiting on the database; retry later", "outcome": "busy"}
+# The longest header value read (a signature, a token): anything longer is refused, not cut.
+MAX_HEADER = 200
 
 
 class RejectedInput(ValueError):

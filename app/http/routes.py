@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -14,25 +13,20 @@ from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from app.core.gate import OPEN_STATES
-from app.http.guards import DatabaseSlots, RejectedInput, clean_text
+from app.http.callbacks import handle_stacksona_callback
+from app.http.guards import BUSY, MAX_HEADER, Answer, DatabaseSlots, RejectedInput, clean_text
 from app.http.payload import PayloadError, parse_deployment_request
 from app.http.signature import is_valid_signature
 from app.settings import Settings
 from app.store import Store
 from app.store.deliveries import StoreBusy
 from app.store.engine import error_reason
-from app.telemetry.logs import gate_context
 from app.telemetry.metrics import CONTENT_TYPE, GateCounts, GateGauges, Metrics, default_metrics
 
 log = logging.getLogger(__name__)
 JsonReply = tuple[Response, int]
-Answer = tuple[int, dict[str, Any]]
 # Column widths in app/store/schema.py: a longer id cannot name a delivery or a gate.
 MAX_DELIVERY_ID = 100
-MAX_THREAD_ID = 200
-MAX_TASK_ID = 120
-_MAX_HEADER = 200
 DEFAULT_DATABASE_SLOTS = 6
 DEFAULT_DATABASE_QUEUE = 8
 # Stacksona's callbacks have database slots of their own: a flood of deliveries must not turn a
@@ -42,7 +36,6 @@ DEFAULT_DATABASE_QUEUE = 8
 CALLBACK_SLOTS = 1
 CALLBACK_QUEUE = 5
 CALLBACK_THREADS = CALLBACK_SLOTS + CALLBACK_QUEUE
-_BUSY: Answer = 503, {"error": "too many requests waiting on the database; retry later", "outcome": "busy"}
 
 
 def create_app(
@@ -151,7 +144,7 @@ def _add_error_answers(app: Flask, settings: Settings) -> None:
         return jsonify({"error": "internal error"}), 500
 
 
-def _header(name: str, limit: int = _MAX_HEADER) -> str:
+def _header(name: str, limit: int = MAX_HEADER) -> str:
     """A header's text, "" when absent; RejectedInput when present but not clean text."""
     raw = request.headers.get(name)
     if raw is None or not raw.strip(" \t"):
@@ -167,7 +160,7 @@ def handle_github_delivery(settings: Settings, store: Store, slots: DatabaseSlot
     if body is None:
         error = f"body larger than {settings.max_webhook_bytes} bytes"
         return _refused(413, error, "too_large", _unverified_delivery_id())
-    signature = clean_text(request.headers.get("X-Hub-Signature-256", ""), limit=_MAX_HEADER)
+    signature = clean_text(request.headers.get("X-Hub-Signature-256", ""), limit=MAX_HEADER)
     if not is_valid_signature(settings.github_webhook_secret.reveal(), body, signature):
         return _refused(401, "missing or invalid X-Hub-Signature-256", "bad_signature", _unverified_delivery_id())
     try:
@@ -243,7 +236,7 @@ def _store_delivery(
     with slots.held() as held:
         if not held:
             log.warning("delivery %s not stored: every database slot is busy", delivery_id, extra=context)
-            return _BUSY
+            return BUSY
         # Stored with the deliveries arriving meanwhile (group commit); the wait for a slot counts against the turn.
         wait = max(0.0, slots.max_wait - (time.monotonic() - queued_at))
         try:
@@ -252,7 +245,7 @@ def _store_delivery(
             )
         except StoreBusy:
             log.warning("delivery %s not stored: the database is too slow to take it", delivery_id, extra=context)
-            return _BUSY
+            return BUSY
         except SQLAlchemyError as exc:
             # The transaction rolled back: GitHub may redeliver, nothing was stored.
             log.error("delivery %s not stored: %s", delivery_id, error_reason(exc), extra=context)
@@ -268,76 +261,3 @@ def _store_delivery(
         extra=context | {"gate_id": gate_id},
     )
     return 202, {"gate_id": gate_id, "outcome": str(outcome)}
-
-
-def handle_stacksona_callback(settings: Settings, store: Store, slots: DatabaseSlots) -> Answer:
-    if settings.stacksona_webhook_token and not _has_callback_token(settings.stacksona_webhook_token.reveal()):
-        # Stacksona's token and ours differ: worth an operator's look, unlike a malformed callback.
-        return _callback_refused(401, "missing or wrong callback token", "bad_token", logging.WARNING)
-    data = _json_body()
-    if not isinstance(data, dict):
-        return _callback_refused(400, "body must be a JSON object", "bad_request")
-    try:
-        thread_id = _callback_id(data.get("thread_id") or data.get("id"), "thread_id", MAX_THREAD_ID)
-        task_id = _callback_id(data.get("task_id"), "task_id", MAX_TASK_ID)
-    except RejectedInput as exc:
-        return _callback_refused(400, str(exc), "bad_request")
-    if not thread_id and not task_id:
-        return _callback_refused(400, "thread_id or task_id is required", "bad_request")
-    with slots.held() as held:
-        if not held:
-            return _BUSY
-        try:
-            gate = store.gates.wake(thread_id=thread_id, task_id=task_id)
-        except SQLAlchemyError as exc:
-            log.error("callback not handled: %s", error_reason(exc))
-            return 503, {"error": "database unavailable", "outcome": "unavailable"}
-    if gate is None:
-        return _callback_refused(404, "no gate for this thread", "unknown_thread", ids=(thread_id, task_id))
-    # The callback is unsigned: it only makes the gate poll Stacksona now;
-    # its `decision` field is never trusted.
-    if gate.state not in OPEN_STATES:
-        outcome = "already_closed"
-    else:
-        outcome = "woken" if gate.state == "awaiting_review" else "in_progress"
-    log.info("callback for gate %s (%s): %s", gate.id, gate.state, outcome, extra=gate_context(gate))
-    if outcome == "already_closed":
-        return 200, {"gate_id": gate.id, "state": gate.state, "outcome": outcome}
-    return 202, {"gate_id": gate.id, "outcome": outcome}
-
-
-def _callback_refused(
-    status: int, error: str, outcome: str, level: int = logging.INFO, ids: tuple[str | None, str | None] = (None, None)
-) -> Answer:
-    # Unauthenticated: anyone may send malformed callbacks, so these are INFO, one line each.
-    log.log(level, "callback refused with %s: %s", status, error, extra={"thread_id": ids[0], "task_id": ids[1]})
-    return status, {"error": error, "outcome": outcome}
-
-
-def _json_body() -> object:
-    # Stacksona does not document its callback's Content-Type: parse regardless.
-    try:
-        return json.loads(request.get_data(cache=False))
-    except (ValueError, RecursionError):
-        return None
-
-
-def _has_callback_token(expected: str) -> bool:
-    given = request.args.get("token", "")
-    auth = request.headers.get("Authorization", "")
-    if auth.startswith("Bearer "):
-        given = given or auth.removeprefix("Bearer ")
-    token = clean_text(given, limit=_MAX_HEADER)
-    return token is not None and hmac.compare_digest(token.encode(), expected.encode())
-
-
-def _callback_id(value: object, name: str, limit: int) -> str | None:
-    """A callback's id as text, None when absent or of another type; RejectedInput when unsafe."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return None
-    text = str(value)
-    if not text.strip(" \t"):
-        return None
-    if (clean := clean_text(text, limit=limit)) is None:
-        raise RejectedInput(f"{name} is longer than {limit} characters or not printable text")
-    return clean
