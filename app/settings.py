@@ -18,8 +18,18 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dotenv import dotenv_values
 
 from app.core.policy import Fallback, GatePolicy, Policy, PolicyError, legacy_policy, parse_central_policy, resolve
-from app.core.policy_values import MAX_DEADLINE_SECONDS, parse_duration
+from app.core.policy_values import MAX_DEADLINE_SECONDS
 from app.core.secret import Secret
+from app.settings_values import SettingsError as SettingsError  # raised by load_settings: importable from here
+from app.settings_values import (
+    duration,
+    flag,
+    http_url,
+    optional_duration,
+    optional_secret,
+    positive_int,
+    required,
+)
 
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
 # githubkit 0.16's default; GHES only knows 2022-11-28 (docs/architecture.md, GitHub facts).
@@ -34,14 +44,6 @@ LEGACY_ENVIRONMENTS_NOTICE = (
 # a dead worker's gates are taken over once its lease runs out.
 DEFAULT_WORKER_LEASE_SECONDS = 15.0
 MIN_WORKER_LEASE_SECONDS = 3.0
-
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
-
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
-        self.variable = variable
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def github_web_url(api_url: str) -> str:
 
 def github_api_url(env: Mapping[str, str]) -> str:
     """GITHUB_API_URL, checked, without its trailing slash (the one setting `register` needs)."""
-    return _url(env, "GITHUB_API_URL", DEFAULT_GITHUB_API_URL)
+    return http_url(env, "GITHUB_API_URL", DEFAULT_GITHUB_API_URL)
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -128,31 +130,31 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
     api_url = github_api_url(env)
     policy, notices = _central_policy(env)
     return Settings(
-        github_app_id=_positive_int(env, "GITHUB_APP_ID", None),
+        github_app_id=positive_int(env, "GITHUB_APP_ID", None),
         github_private_key=_private_key(env),
-        github_webhook_secret=Secret(_required(env, "GITHUB_WEBHOOK_SECRET")),
-        stacksona_gate_url=_url(env, "STACKSONA_GATE_URL", None),
-        stacksona_api_key=Secret(_required(env, "STACKSONA_API_KEY")),
+        github_webhook_secret=Secret(required(env, "GITHUB_WEBHOOK_SECRET")),
+        stacksona_gate_url=http_url(env, "STACKSONA_GATE_URL", None),
+        stacksona_api_key=Secret(required(env, "STACKSONA_API_KEY")),
         github_api_url=api_url,
         github_api_version=env.get("GITHUB_API_VERSION") or default_api_version(api_url),
-        stacksona_webhook_token=_optional_secret(env, "STACKSONA_WEBHOOK_TOKEN"),
-        stacksona_require_approval_token=_bool(env, "STACKSONA_REQUIRE_APPROVAL_TOKEN"),
+        stacksona_webhook_token=optional_secret(env, "STACKSONA_WEBHOOK_TOKEN"),
+        stacksona_require_approval_token=flag(env, "STACKSONA_REQUIRE_APPROVAL_TOKEN"),
         stacksona_decision_url=_decision_url_template(env),
         policy=policy,
         notices=notices,
         database_url=database_url(env),
-        port=_positive_int(env, "PORT", 8000, maximum=65535),
+        port=positive_int(env, "PORT", 8000, maximum=65535),
         host=env.get("HOST", "").strip() or "0.0.0.0",  # noqa: S104
-        worker_health_port=_positive_int(env, "WORKER_HEALTH_PORT", 9102, maximum=65535),
-        gate_deadline_seconds=_duration(env, "GATE_DEADLINE", 7 * 86400.0, maximum=MAX_GATE_DEADLINE_SECONDS),
-        poll_max_interval_seconds=_duration(env, "STACKSONA_POLL_MAX_INTERVAL", 300.0),
-        worker_concurrency=_positive_int(env, "WORKER_CONCURRENCY", 4),
+        worker_health_port=positive_int(env, "WORKER_HEALTH_PORT", 9102, maximum=65535),
+        gate_deadline_seconds=duration(env, "GATE_DEADLINE", 7 * 86400.0, maximum=MAX_GATE_DEADLINE_SECONDS),
+        poll_max_interval_seconds=duration(env, "STACKSONA_POLL_MAX_INTERVAL", 300.0),
+        worker_concurrency=positive_int(env, "WORKER_CONCURRENCY", 4),
         worker_lease_seconds=_worker_lease(env),
-        max_webhook_bytes=_positive_int(env, "MAX_WEBHOOK_BYTES", 1024 * 1024),
+        max_webhook_bytes=positive_int(env, "MAX_WEBHOOK_BYTES", 1024 * 1024),
         log_level=_log_level(env),
         log_format=log_format(env),
-        web_concurrency=_positive_int(env, "WEB_CONCURRENCY", 2),
-        redelivery_interval_seconds=_optional_duration(env, "GITHUB_REDELIVERY_INTERVAL", 300.0),
+        web_concurrency=positive_int(env, "WEB_CONCURRENCY", 2),
+        redelivery_interval_seconds=optional_duration(env, "GITHUB_REDELIVERY_INTERVAL", 300.0),
     )
 
 
@@ -169,7 +171,7 @@ def github_api_version(env: Mapping[str, str], api_url: str) -> str:
 
 
 def github_app_id(env: Mapping[str, str]) -> int:
-    return _positive_int(env, "GITHUB_APP_ID", None)
+    return positive_int(env, "GITHUB_APP_ID", None)
 
 
 def github_private_key(env: Mapping[str, str]) -> Secret:
@@ -178,7 +180,7 @@ def github_private_key(env: Mapping[str, str]) -> Secret:
 
 def github_token(env: Mapping[str, str]) -> Secret:
     """GITHUB_TOKEN (only `enable` uses it); checked without ever echoing it."""
-    value = _required(env, "GITHUB_TOKEN")
+    value = required(env, "GITHUB_TOKEN")
     # It goes into an Authorization header: a space or line break would split or corrupt it.
     if not re.fullmatch(r"[\x21-\x7e]+", value):
         raise SettingsError("GITHUB_TOKEN", "must be a single token, without spaces or line breaks")
@@ -194,79 +196,6 @@ def database_url(env: Mapping[str, str]) -> str:
     return url
 
 
-def _required(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name, "").strip()
-    if not value:
-        raise SettingsError(name, "is required but not set")
-    return value
-
-
-def _optional_secret(env: Mapping[str, str], name: str) -> Secret | None:
-    value = env.get(name, "").strip()
-    return Secret(value) if value else None
-
-
-def _positive_int(env: Mapping[str, str], name: str, default: int | None, *, maximum: int | None = None) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        if default is None:
-            raise SettingsError(name, "is required but not set")
-        return default
-    # Not str.isdigit(): it accepts "²", which int() then refuses.
-    if not re.fullmatch(r"[0-9]{1,18}", raw) or int(raw) <= 0:
-        raise SettingsError(name, f"must be a positive integer (got {raw[:40]!r})")
-    if maximum is not None and int(raw) > maximum:
-        raise SettingsError(name, f"must be at most {maximum} (got {raw})")
-    return int(raw)
-
-
-def _url(env: Mapping[str, str], name: str, default: str | None) -> str:
-    raw = env.get(name, "").strip() or default
-    if raw is None:
-        raise SettingsError(name, "is required but not set")
-    parts = urlsplit(raw)
-    # The value is not echoed: a URL may carry a password.
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(name, "must be an http(s) URL like https://host[:port][/path]")
-    if parts.username is not None or parts.password is not None:
-        raise SettingsError(name, "must not carry credentials (user:password@)")
-    if parts.query or parts.fragment:
-        raise SettingsError(name, "must not carry a query string or fragment")
-    try:
-        parts.port  # noqa: B018 - raises for a port outside 0-65535
-    except ValueError:
-        raise SettingsError(name, "has an invalid port") from None
-    return raw.rstrip("/")
-
-
-def _bool(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise SettingsError(name, f"must be true or false (got {raw!r})")
-
-
-def _optional_duration(env: Mapping[str, str], name: str, default: float) -> float | None:
-    if env.get(name, "").strip().lower() == "off":
-        return None
-    return _duration(env, name, default)
-
-
-def _duration(env: Mapping[str, str], name: str, default: float, *, maximum: float | None = None) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        seconds = parse_duration(raw)
-    except ValueError as exc:
-        raise SettingsError(name, str(exc)) from None
-    if maximum is not None and seconds > maximum:
-        raise SettingsError(name, f"must be at most {maximum / 86400:g}d (GitHub fails a job after 30 days)")
-    return seconds
-
-
 def _decision_url_template(env: Mapping[str, str]) -> str | None:
     name = "STACKSONA_DECISION_URL"
     raw = env.get(name, "").strip()
@@ -276,12 +205,12 @@ def _decision_url_template(env: Mapping[str, str]) -> str | None:
         raw.format(thread_id="t", task_id="t")
     except (KeyError, IndexError, ValueError):
         raise SettingsError(name, "may only use the placeholders {thread_id} and {task_id}") from None
-    _url({name: raw.replace("{", "").replace("}", "")}, name, None)
+    http_url({name: raw.replace("{", "").replace("}", "")}, name, None)
     return raw
 
 
 def _worker_lease(env: Mapping[str, str]) -> float:
-    seconds = _duration(env, "WORKER_LEASE", DEFAULT_WORKER_LEASE_SECONDS)
+    seconds = duration(env, "WORKER_LEASE", DEFAULT_WORKER_LEASE_SECONDS)
     if seconds < MIN_WORKER_LEASE_SECONDS:
         # The heartbeat renews every third of a lease: shorter would race one database round trip.
         raise SettingsError("WORKER_LEASE", f"must be at least {MIN_WORKER_LEASE_SECONDS:g}s (got {seconds:g}s)")

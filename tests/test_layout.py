@@ -16,7 +16,8 @@ ALLOWED: dict[str, set[str]] = {
     "clients": {"core", "telemetry"},
     "http": {"core", "store", "settings", "telemetry"},
     "worker": {"core", "store", "clients", "settings", "telemetry"},
-    "settings": {"core"},
+    "settings": {"core", "settings_values"},
+    "settings_values": {"core"},
     "simulators": {"core", "http.signature"},
     "telemetry": {"core"},
 }
