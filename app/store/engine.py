@@ -57,8 +57,8 @@ def _tcp_defaults(url: str) -> dict[str, int]:
     the OS's two hours, and a statement sent on it waits for TCP's retransmissions
     (about 15 minutes). With these, the kernel gives an idle connection up after
     60 s of silence (30 s idle, then three probes 10 s apart; the pool's check then
-    replaces it, app/store/liveness.py) and gives up on a
-    statement whose bytes stay unacknowledged for 30 s.
+    replaces it, app/store/liveness.py), and a statement whose bytes stay
+    unacknowledged for 30 s.
     """
     query = make_url(url).query
     return {name: value for name, value in _TCP_DEFAULTS.items() if name not in query}
