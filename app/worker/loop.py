@@ -247,7 +247,7 @@ class Worker:
         try:
             lost = self._store.gates.renew(running, lease_seconds=self._lease_seconds)
         except Exception as exc:
-            emit(log, self._renewals.failed(error_reason(exc)), exc)
+            emit(log, self._renewals.failed(f"{error_reason(exc)} ({len(running)} running gates)"), exc)
             return
         emit(log, self._renewals.succeeded())
         by_id = {gate.id: gate for gate in running}
@@ -274,7 +274,7 @@ class Worker:
             if self._store.chores.take_turn(CHORE, every_seconds=interval):
                 redeliver_lost_deliveries(self._store.deliveries, self._svc)
         except Exception as exc:
-            emit(log, self._chores.failed(error_reason(exc)), exc)
+            emit(log, self._chores.failed(f"{error_reason(exc)} (next try in {interval:.0f} s)"), exc)
             return
         emit(log, self._chores.succeeded())
 
