@@ -75,9 +75,7 @@ def _committed_unflushed(statement: Update) -> Update:
     return statement.where(func.set_config("synchronous_commit", "off", True).is_not(None))
 
 
+_LEASE_WOKEN = _lease_due(woken=True)
 # (woken only, woken then due). SQLite has no round trips to save: two statements, each on its index.
-SQLITE_CLAIMS = (_lease_due(woken=True), (_lease_due(woken=True), _lease_due(woken=False)))
-POSTGRESQL_CLAIMS = (
-    _committed_unflushed(_lease_due(woken=True)),
-    (_committed_unflushed(_lease_woken_then_due()),),
-)
+SQLITE_CLAIMS = (_LEASE_WOKEN, (_LEASE_WOKEN, _lease_due(woken=False)))
+POSTGRESQL_CLAIMS = (_committed_unflushed(_LEASE_WOKEN), (_committed_unflushed(_lease_woken_then_due()),))
