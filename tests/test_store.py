@@ -25,7 +25,9 @@ DEADLINE = 3600.0
 LEASE = 60.0
 
 
-def make_request(run_id: int = 7, environment: str = "production", repository_id: int = 1000) -> DeploymentRequest:
+def make_request(
+    run_id: int = 7, environment: str = "production", repository_id: int = 1000, deployment_id: int | None = None
+) -> DeploymentRequest:
     return DeploymentRequest(
         repository_id=repository_id,
         owner="acme",
@@ -38,7 +40,7 @@ def make_request(run_id: int = 7, environment: str = "production", repository_id
         sha="a" * 40,
         actor="octocat",
         pull_requests=(1,),
-        deployment_id=None,
+        deployment_id=deployment_id,
     )
 
 
@@ -320,6 +322,27 @@ def test_a_delivery_racing_the_final_apply_never_joins_the_closed_gate(
     [(new_id, outcome)] = results
     assert outcome is AcceptOutcome.CREATED and new_id != gate_id
     assert column(engine, gate_id, "rereview") is False
+
+
+def test_a_late_duplicate_racing_the_final_apply_is_recorded_against_the_closed_gate(
+    store: Store, engine: Engine, clock: FakeClock
+) -> None:
+    gate_id, _ = accept(store, "d-1", deployment_id=77)
+    assert store.gates.apply(claim_one(store), Change(GateState.REPORTING, "verdict approved"))
+    results: list[tuple[int, AcceptOutcome]] = []
+    racer = threading.Thread(target=lambda: results.append(accept(store, "d-2", deployment_id=77)))
+    with engine.begin() as conn:  # the worker's apply of the final review, not yet committed
+        conn.execute(select(gates.c.id).where(gates.c.id == gate_id).with_for_update())
+        closing = {"state": "approved", "open_key": None, "closed_at": clock.now}
+        conn.execute(update(gates).where(gates.c.id == gate_id).values(**closing))
+        racer.start()
+        racer.join(0.5)
+        assert racer.is_alive(), "the delivery must wait for the gate's row"
+    racer.join(30)
+    assert results == [(gate_id, AcceptOutcome.DUPLICATE)]
+    last = store.gates.history(gate_id)[-1]
+    assert "d-2 repeats deployment 77" in last.reason
+    assert (last.from_state, last.to_state) == (GateState.APPROVED, GateState.APPROVED)
 
 
 # --- claim_due ---------------------------------------------------------------

@@ -1,7 +1,7 @@
 """What storing a batch of deliveries means, decided without I/O.
 
-`DeliveryStore` reads what the database holds for a whole batch in three
-queries, `plan_batch` decides each delivery in arrival order — as if they had
+`DeliveryStore` reads what the database holds for a whole batch in one
+statement, `plan_batch` decides each delivery in arrival order — as if they had
 been stored one by one —, and the store writes the plan with one statement per
 table (docs/benchmarks.md, "B1").
 """
@@ -44,7 +44,7 @@ class Known:
 
     delivered: Mapping[str, int] = field(default_factory=dict)  # delivery id -> its gate
     open_gates: Mapping[str, tuple[int, GateState]] = field(default_factory=dict)  # open key -> gate, state
-    answered: Mapping[AnsweredKey, tuple[int, GateState]] = field(default_factory=dict)  # closed gates
+    answered: Mapping[AnsweredKey, tuple[int, GateState]] = field(default_factory=dict)  # took these deployments
 
 
 @dataclass(frozen=True)
