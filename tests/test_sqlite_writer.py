@@ -7,6 +7,7 @@ long anything took.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import threading
@@ -264,6 +265,39 @@ def test_a_forked_process_has_a_lock_of_its_own(db: Path) -> None:
         os.close(to_child)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_forked_process_closing_an_inherited_connection_leaves_the_parents_lock_held(
+    db: Path, engine: Engine
+) -> None:
+    """flock belongs to the open file description, which a fork shares: the child must not give it back."""
+    with engine.begin() as conn:  # the parent's write transaction: writer lock and BEGIN IMMEDIATE
+        dbapi = conn.connection.dbapi_connection
+        assert isinstance(dbapi, LockingConnection) and dbapi.writer is not None
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                dbapi.close()  # as a child's garbage collection or pool disposal would
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not taken_by_another_open_file(db), "the child gave the parent's writer lock back"
+    assert taken_by_another_open_file(db)
+
+
+def taken_by_another_open_file(db: Path) -> bool:
+    """The writer lock's file can be locked at once through a description of its own (as another process would)."""
+    descriptor = os.open(f"{os.path.realpath(db)}-writer.lock", os.O_RDWR)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
+    return True
 
 
 def _ask(outbox: int, inbox: int, command: str) -> str:

@@ -89,20 +89,26 @@ def writer_lock_for(database: str) -> WriterLock | None:
 
 
 class LockingConnection(sqlite3.Connection):
-    """A connection that gives the writer lock back as soon as its transaction ends."""
+    """A connection that gives the writer lock back as soon as its transaction ends.
+
+    Only in the process that took it: a forked child shares the parent's open file
+    description, and its `flock(LOCK_UN)` would free the parent's lock mid-transaction.
+    """
 
     writer: WriterLock | None = None
+    writer_pid = 0
 
     def take_writer(self, lock: WriterLock, timeout: float) -> bool:
         if not lock.acquire(timeout):
             return False
-        self.writer = lock
+        self.writer, self.writer_pid = lock, os.getpid()
         return True
 
     def give_back_writer(self) -> None:
         if (lock := self.writer) is not None:
             self.writer = None
-            lock.release()
+            if self.writer_pid == os.getpid():
+                lock.release()
 
     def commit(self) -> None:
         try:
