@@ -117,6 +117,20 @@ def test_0008_downgrade_copies_each_policy_back_and_upgrades_again(blank: Engine
     assert len(stored_policies(blank)) == 2
 
 
+def test_a_populated_database_downgrades_below_0005_and_upgrades_again(blank: Engine) -> None:
+    """0005 and 0006 drop their column in place: a batch copy of `gates` broke history's foreign key on SQLite."""
+    migrate(blank)
+    ids = open_gates(blank, 3)
+    before = without(reflected_rows(blank), "policy_id", "retry_asked")
+
+    move_to(blank, "0004", down=True)
+
+    assert {"policy", "policy_id", "retry_asked"} & column_names(blank) == set()
+    assert [row["id"] for row in reflected_rows(blank)] == ids
+    migrate(blank)
+    assert without(reflected_rows(blank), "policy_id", "retry_asked") == before
+
+
 # --- The store --------------------------------------------------------------------------------
 
 
