@@ -7,6 +7,7 @@ fixture; time comes from a controllable fake clock.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -14,9 +15,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, select, update
+from sqlalchemy.exc import OperationalError
 
 from app.core.gate import AcceptOutcome, Change, DeploymentRequest, Gate, GateState, HistoryEntry
 from app.store import Store
+from app.store.deliveries import Delivery, DeliveryStore
+from app.store.engine import make_engine
 from app.store.schema import gates
 from tests.support.clock import FakeClock
 
@@ -803,6 +807,34 @@ def test_a_postgresql_claim_commits_without_the_flush_for_its_own_statement_only
     finally:
         for conn in pooled:
             conn.close()
+
+
+def test_a_postgresql_web_engine_gives_up_on_a_row_lock_after_its_lock_timeout(store: Store, engine: Engine) -> None:
+    """Set once per connection (no round trip per transaction), on every pooled connection, through rollbacks."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's lock_timeout; SQLite's busy timeout is tests/test_web.py's")
+    gate_id, _ = accept(store, "d-1")
+    web = make_engine(engine.url.render_as_string(hide_password=False), lock_timeout_seconds=0.3)
+    try:
+        web_deliveries = DeliveryStore(web, time.time)
+        with engine.begin() as conn:  # a worker's apply holding the open gate's row
+            conn.execute(select(gates.c.id).where(gates.c.id == gate_id).with_for_update())
+            with statements_sent(web) as sent:
+                started = time.monotonic()
+                with pytest.raises(OperationalError, match="due to (lock|statement) timeout"):
+                    web_deliveries.accept_all([Delivery("d-2", make_request(), DEADLINE)])
+            assert time.monotonic() - started < 5
+        assert not [sql for sql, _ in sent if "set_config" in sql], "no round trip of its own per transaction"
+        pooled = [web.connect() for _ in range(web.pool.checkedin() + 1)]
+        try:
+            for conn in pooled:
+                assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "300ms"
+                assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "300ms"
+        finally:
+            for conn in pooled:
+                conn.close()
+    finally:
+        web.dispose()
 
 
 def test_a_postgresql_apply_of_a_gate_nobody_touched_is_one_statement(

@@ -146,15 +146,19 @@ def _begin_immediate(dbapi: Any, busy_timeout_seconds: float, *, waited: float) 
 def _bound_postgresql_waits(engine: Engine, seconds: float) -> None:
     bound = {"ms": str(_milliseconds(seconds))}
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        # Per transaction (like SET LOCAL), so it holds behind a transaction-pooling
-        # PgBouncer too. A row lock held elsewhere ends this statement with an
-        # error after `seconds`; the transaction rolls back, nothing is stored.
-        connection.exec_driver_sql(
-            "SELECT set_config('lock_timeout', %(ms)s, true), set_config('statement_timeout', %(ms)s, true)",
-            bound,
-        )
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # A row lock held elsewhere, or a statement running long, ends the statement with an error
+        # after `seconds`; the transaction rolls back, nothing is stored. Set once per connection:
+        # per transaction it was a round trip of its own, a tenth of a batch of acks' time
+        # (docs/benchmarks.md, "Fifth round"). A pooler that hands a server connection to another
+        # client between transactions keeps no session setting (docs/deploy.md, "PostgreSQL").
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('lock_timeout', %(ms)s, false), set_config('statement_timeout', %(ms)s, false)",
+                bound,
+            )
+        dbapi_connection.commit()
 
 
 def _milliseconds(seconds: float) -> int:
