@@ -20,6 +20,7 @@ import argparse
 import json
 import pickle
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,8 +53,10 @@ from bench.common import (
     alternate,
     app_environment,
     backends,
+    cpu_seconds,
     database_url,
     peak_line,
+    postgres_server_pids,
     ratio,
     spread,
     table,
@@ -88,6 +91,7 @@ class Run:
     load: dict[str, object]
     peaks: dict[str, float] = field(default_factory=dict)
     problem: str | None = None  # an acknowledged delivery not stored
+    cpu_ms: tuple[float, float] | None = None  # per 2xx: the server's processes, PostgreSQL's (throughput runs)
 
     @property
     def throughput(self) -> float:
@@ -162,7 +166,9 @@ def measure(world: World, name: str, backend: str, args: argparse.Namespace) -> 
                 server.wait_for_line("start-up check")  # they run in the first process, importing githubkit
             loadgen(world.warm_up, server.port, ["--mode", "closed", "--connections", "8", *cycle], 2.0)
             with PeakMemory(server.processes) as peaks:
+                before = _cpu_now(server, backend)
                 throughput = Run(loadgen(world.requests, server.port, closed, args.seconds))
+                throughput.cpu_ms = _cpu_per_ack(before, _cpu_now(server, backend), throughput)
                 at_rate = None
                 if args.rate_seconds > 0:
                     open_loop = ["--mode", "open", "--rate", str(args.rate)]
@@ -177,6 +183,17 @@ def measure(world: World, name: str, backend: str, args: argparse.Namespace) -> 
             if name in STORING:
                 run.problem = unstored(url, name, accepted)
         return throughput, at_rate
+
+
+def _cpu_now(server: Served, backend: str) -> tuple[float, float]:
+    """CPU used so far by the server's process tree and, on PostgreSQL, by the database server (all of it)."""
+    database = cpu_seconds(postgres_server_pids()) if backend == "postgres" else 0.0
+    return cpu_seconds(server.processes().values()), database
+
+
+def _cpu_per_ack(before: tuple[float, float], after: tuple[float, float], run: Run) -> tuple[float, float]:
+    acked = max(1, len(run.load["accepted"]))  # type: ignore[arg-type]
+    return tuple((end - start) * 1000 / acked for start, end in zip(before, after, strict=True))  # type: ignore[return-value]
 
 
 def _command(name: str) -> list[str]:
@@ -284,7 +301,9 @@ def _report(
 ) -> str:
     echo = figures.get("echo", [])
     echo_p99 = [run.p99 for run in latency.get("echo", [])]
-    rows = [["contender", "acks/s", "x echo", f"p50 @{args.rate:.0f}/s", "p99", "p99 x echo", "non-2xx", "peak RSS"]]
+    cpu_head = "CPU/ack ms: App + PostgreSQL" if backend == "postgres" else "CPU/ack ms"
+    columns = ["contender", "acks/s", "x echo", f"p50 @{args.rate:.0f}/s", "p99", "p99 x echo", "non-2xx", cpu_head]
+    rows = [[*columns, "peak RSS"]]
     for name in contenders:
         p99s = [run.p99 for run in latency[name]]
         p50s = [float(run.load["p50_ms"]) for run in latency[name]]  # type: ignore[arg-type]
@@ -299,6 +318,7 @@ def _report(
                 spread(p99s, "ms"),
                 ratio(p99s, echo_p99),
                 str(refused),
+                _cpu_line([run.cpu_ms for run in runs[name] if run.cpu_ms is not None], backend),
                 peak_line(peaks),
             ]
         )
@@ -307,6 +327,14 @@ def _report(
         f"{args.connections} clients; latency {args.rate_seconds:.0f} s at {args.rate:.0f}/s (open loop) =="
     )
     return head + "\n" + table(rows)
+
+
+def _cpu_line(per_ack: list[tuple[float, float]], backend: str) -> str:
+    """Median CPU per acknowledged delivery during the throughput runs, e.g. `1.52` or `1.75 + 0.44`."""
+    if not per_ack:
+        return "n/a"
+    app = statistics.median(server for server, _ in per_ack)
+    return f"{app:.2f} + {statistics.median(db for _, db in per_ack):.2f}" if backend == "postgres" else f"{app:.2f}"
 
 
 def _max_peaks(all_peaks: Iterator[dict[str, float]]) -> dict[str, float]:
