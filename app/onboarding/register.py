@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import copy
 import hmac
-import os
-import re
 import secrets
 import sys
 import threading
@@ -32,8 +30,7 @@ from werkzeug.wrappers import Request, Response
 
 from app.onboarding.app_conversion import NewApp, RegisterError, exchange_code
 from app.onboarding.callback_server import LocalServer
-from app.onboarding.envfile import keys_in, read_text, updated_dotenv, write_private
-from app.onboarding.manifest import load_manifest
+from app.onboarding.envfile import read_text, updated_dotenv, write_private
 from app.onboarding.register_pages import (
     created_page,
     failed_page,
@@ -41,7 +38,15 @@ from app.onboarding.register_pages import (
     not_found_page,
     not_this_registration_page,
 )
-from app.settings import DEFAULT_GITHUB_API_URL, github_api_url, github_api_version, github_web_url, merged_environment
+from app.onboarding.register_plan import (
+    APP_KEYS,
+    STALE_WITH_NEW_APP,
+    Plan,
+    RegisterOptions,
+    plan_registration,
+    webhook_url,
+)
+from app.settings import DEFAULT_GITHUB_API_URL
 
 __all__ = [
     "NewApp",
@@ -59,39 +64,7 @@ __all__ = [
     "write_app_settings",
 ]
 
-APP_KEYS = ("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY", "GITHUB_WEBHOOK_SECRET")
-# A key file path beside a new GITHUB_PRIVATE_KEY would only confuse: --force removes it.
-_STALE_WITH_NEW_APP = ("GITHUB_PRIVATE_KEY_PATH",)
-WEBHOOK_PATH = "/webhooks/github"
 CALLBACK_PATH = "/callback"
-DEFAULT_TIMEOUT_SECONDS = 600.0
-_PLACEHOLDER_HOST = "YOUR-HOST"  # app.yml's webhook URL until someone edits it
-_LOGIN = re.compile(r"[A-Za-z0-9](?:-?[A-Za-z0-9]){0,38}")
-
-
-@dataclass(frozen=True)
-class RegisterOptions:
-    org: str | None = None
-    public_url: str | None = None
-    force: bool = False
-    port: int = 0
-    open_browser: bool = True
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
-    dotenv: Path = Path(".env")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything decided before the browser is involved."""
-
-    api_url: str
-    api_version: str
-    web_url: str
-    org: str | None
-    webhook_url: str
-    manifest: dict[str, Any]
-    dotenv: Path
-    force: bool
 
 
 @dataclass(frozen=True)
@@ -101,63 +74,6 @@ class Registration:
     written: tuple[str, ...]
     shadowed: tuple[str, ...]  # also set in the process environment, which wins over .env
     webhook_url: str
-
-
-def plan_registration(options: RegisterOptions, environ: Mapping[str, str]) -> Plan:
-    env = merged_environment(environ, options.dotenv)
-    api_url = github_api_url(env)
-    if options.org is not None and not _LOGIN.fullmatch(options.org):
-        raise RegisterError(f"--org must be an organisation's login, like acme (got {options.org[:40]!r})")
-    _refuse_to_overwrite(options.dotenv, options.force)
-    manifest = load_manifest()
-    return Plan(
-        api_url=api_url,
-        api_version=github_api_version(env, api_url),
-        web_url=github_web_url(api_url),
-        org=options.org,
-        webhook_url=webhook_url(options.public_url, manifest),
-        manifest=manifest,
-        dotenv=options.dotenv,
-        force=options.force,
-    )
-
-
-def _refuse_to_overwrite(dotenv: Path, force: bool) -> None:
-    present = sorted(keys_in(read_text(dotenv)) & {*APP_KEYS, *_STALE_WITH_NEW_APP})
-    if present and not force:
-        raise RegisterError(
-            f"{dotenv} already has {', '.join(present)}: run with --force to replace them "
-            "(the App they belong to stays registered on GitHub)"
-        )
-    if not os.access(dotenv.resolve().parent, os.W_OK):
-        raise RegisterError(f"cannot write {dotenv}: its directory is not writable")
-
-
-def webhook_url(public_url: str | None, manifest: Mapping[str, Any]) -> str:
-    """`{public_url}/webhooks/github`, or app.yml's webhook URL once it names a real host."""
-    if public_url is None:
-        hook = manifest.get("hook_attributes")
-        configured = str(hook.get("url", "")) if isinstance(hook, dict) else ""
-        if configured and _PLACEHOLDER_HOST not in configured:
-            return configured
-        raise RegisterError(
-            "--public-url is required: the address where GitHub reaches `stacksona-gate serve` "
-            "(like https://gate.example.com); GitHub sends webhooks to that URL + /webhooks/github"
-        )
-    base = public_url.strip().rstrip("/")
-    if not _is_public_url(base):
-        raise RegisterError("--public-url must be an http(s) address like https://gate.example.com")
-    return base if base.endswith(WEBHOOK_PATH) else base + WEBHOOK_PATH
-
-
-def _is_public_url(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - raises for a port outside 0-65535
-    except ValueError:
-        return False
-    plain = not (parts.query or parts.fragment or "@" in parts.netloc)
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and plain
 
 
 def new_app_form_url(web_url: str, org: str | None, state: str) -> str:
@@ -181,7 +97,7 @@ def write_app_settings(plan: Plan, app: NewApp, environ: Mapping[str, str]) -> R
     }
     if plan.api_url != DEFAULT_GITHUB_API_URL:  # a GHES App is no use against api.github.com
         values["GITHUB_API_URL"] = plan.api_url
-    update = updated_dotenv(read_text(plan.dotenv), values, force=plan.force, drop_when_forced=_STALE_WITH_NEW_APP)
+    update = updated_dotenv(read_text(plan.dotenv), values, force=plan.force, drop_when_forced=STALE_WITH_NEW_APP)
     if set(update.kept) & set(APP_KEYS):  # someone else wrote them while the browser was out
         raise RegisterError(
             f"GitHub App {app.name} (id {app.id}) was created, but {plan.dotenv} gained {', '.join(update.kept)} "
