@@ -821,7 +821,7 @@ def test_a_postgresql_web_engine_gives_up_on_a_row_lock_after_its_lock_timeout(s
             conn.execute(select(gates.c.id).where(gates.c.id == gate_id).with_for_update())
             with statements_sent(web) as sent:
                 started = time.monotonic()
-                with pytest.raises(OperationalError, match="due to (lock|statement) timeout"):
+                with pytest.raises(OperationalError, match=r"due to (lock|statement) timeout"):
                     web_deliveries.accept_all([Delivery("d-2", make_request(), DEADLINE)])
             assert time.monotonic() - started < 5
         assert not [sql for sql, _ in sent if "set_config" in sql], "no round trip of its own per transaction"
