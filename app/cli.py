@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 
 from sqlalchemy import Engine
 
 from app import __version__
 from app.core.gate import OPEN_STATES
-from app.elected_worker import worker_lock_file
 from app.gates_report import gate_detail, gate_table
-from app.runtime import build_runtime, configure_logging, limit_malloc_arenas, migrate_apart, open_database
+from app.processes import run_gunicorn, run_worker
+from app.runtime import configure_logging, limit_malloc_arenas, open_database
 from app.settings import Settings, SettingsError, database_url, load_settings, log_format, merged_environment
 from app.store import Store
-from app.telemetry.metrics import metrics_directory
 
 log = logging.getLogger("app.cli")
 
@@ -121,77 +116,20 @@ def _load() -> Settings:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = _load()
-    return _run_gunicorn(settings, with_worker=True, processes=_processes(settings, args))
+    return run_gunicorn(settings, with_worker=True, processes=_processes(settings, args))
 
 
 def _web(args: argparse.Namespace) -> int:
     settings = _load()
-    return _run_gunicorn(settings, with_worker=False, processes=_processes(settings, args))
+    return run_gunicorn(settings, with_worker=False, processes=_processes(settings, args))
 
 
 def _processes(settings: Settings, args: argparse.Namespace) -> int:
     return settings.web_concurrency if args.processes is None else max(1, args.processes)
 
 
-def _run_gunicorn(settings: Settings, *, with_worker: bool, processes: int) -> int:
-    from app.onboarding.startup import startup_checks_apart
-
-    with metrics_directory():  # before anything forks: every process counts into it
-        migrate_apart(settings.database_url)  # once, before gunicorn forks
-        # Not in the master (a thread there would be copied into each fork mid-call, with
-        # whatever locks it held) nor in a request process (it would keep their imports);
-        # forked before Flask and gunicorn are imported, so the child holds less.
-        lock_file = worker_lock_file() if with_worker else contextlib.nullcontext()
-        with startup_checks_apart(settings), lock_file as worker_lock:
-            from app.server import REQUEST_THREADS, GateServer
-
-            log.info(
-                "listening on %s:%s with %s processes (worker %s)",
-                settings.host,
-                settings.port,
-                processes,
-                "in one of them" if with_worker else "separate",
-            )
-            GateServer(settings, processes=processes, threads=REQUEST_THREADS, worker_lock=worker_lock).run()
-    return 0
-
-
 def _worker(_args: argparse.Namespace) -> int:
-    settings = _load()
-    with metrics_directory():
-        return _run_worker(settings)
-
-
-def _run_worker(settings: Settings) -> int:
-    from app.worker.health import start_health_server
-
-    migrate_apart(settings.database_url)
-    runtime = build_runtime(settings)
-    _start_startup_checks(settings)
-    stop = threading.Event()
-
-    def _request_stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-        runtime_worker.wakeup.set()
-
-    runtime_worker = runtime.worker()
-    health = start_health_server(
-        settings.host, settings.worker_health_port, runtime_worker.heartbeat, runtime.services.metrics
-    )
-    signal.signal(signal.SIGTERM, _request_stop)
-    signal.signal(signal.SIGINT, _request_stop)
-    runtime_worker.run(stop)
-    if health is not None:
-        health.close()
-    runtime.close()
-    return 0
-
-
-def _start_startup_checks(settings: Settings) -> None:
-    """In the background: a wrong key or a paused agent is logged at ERROR while deliveries keep being stored."""
-    from app.onboarding.check import start_startup_checks
-
-    start_startup_checks(settings)
+    return run_worker(_load())
 
 
 def _check(_args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from app.settings import Settings, SettingsError
 from app.store import Store
-from app.store.engine import make_engine, migrate
+from app.store.engine import first_line, make_engine, migrate
 from app.telemetry import logs
 
 if TYPE_CHECKING:
@@ -173,12 +173,6 @@ def _migrate_then_exit(url: str, report_fd: int) -> NoReturn:
         with contextlib.suppress(Exception):
             sys.stderr.flush()
         os._exit(code)  # never back into the caller, nor through its exit handlers
-
-
-def first_line(error: BaseException | None) -> str:
-    """The first line of a driver's error, short enough for a one-line message."""
-    lines = str(error).strip().splitlines() or [type(error).__name__]
-    return lines[0][:200]
 
 
 def missing_sqlite_file(url: str) -> bool:

@@ -27,14 +27,13 @@ from app.clients.github_answers import (
     RunStatus,
     answer_from_refusal,
     answer_from_success,
-    next_cursor,
     read_run_status,
 )
+from app.clients.github_deliveries import GitHubCallFailed, read_deliveries
 from app.clients.github_installations import InstallationClients
 from app.clients.github_listing import AppListing, read_pages
 from app.clients.github_transport import PooledTransport, transport_for
 from app.clients.responses import USER_AGENT, json_or_none
-from app.core.redelivery import DELIVERIES_PER_PAGE, MAX_DELIVERY_PAGES, needs_older_page
 from app.core.review import GitHubAnswer
 from app.core.secret import Secret
 from app.telemetry.metrics import Metrics, default_metrics, expecting
@@ -71,10 +70,6 @@ class AppReading:
     answer: GitHubAnswer
     body: object = None
     server_date: str | None = None
-
-
-class GitHubCallFailed(Exception):
-    """A call made with the App JWT failed; the message says how (never a token)."""
 
 
 class GitHubClient:
@@ -150,15 +145,9 @@ class GitHubClient:
 
     def list_app_deliveries(self, *, newer_than: float) -> list[object]:
         """Raw rows of `GET /app/hook/deliveries`, newest first, paging back to `newer_than`."""
-        github = self._github
-        rows: list[object] = []
-        cursor: str | None = None
-        for _ in range(MAX_DELIVERY_PAGES):
-            page, cursor = self._delivery_page(github, cursor)
-            rows.extend(page)
-            if cursor is None or not needs_older_page(page, newer_than):
-                break
-        return rows
+        github = self._github  # `rest` only weakly references it: keep it alive
+        read_page = partial(github.rest.apps.list_webhook_deliveries, headers=self._version_header)
+        return read_deliveries(read_page, newer_than, self._answer_from)
 
     def redeliver(self, delivery_id: int) -> GitHubAnswer:
         """Ask GitHub to send a delivery again (202: queued), with the App JWT."""
@@ -255,20 +244,6 @@ class GitHubClient:
                 self.forget_tokens()
             return answer_from_refusal(response), None
         return answer_from_success(response), response if response.is_success else None
-
-    def _delivery_page(self, github: GitHub[AppAuthStrategy], cursor: str | None) -> tuple[list[object], str | None]:
-        paging: dict[str, Any] = {"per_page": DELIVERIES_PER_PAGE} | ({"cursor": cursor} if cursor else {})
-        try:
-            response = github.rest.apps.list_webhook_deliveries(headers=self._version_header, **paging)
-            # Raw JSON, not githubkit's models: they reject some real rows.
-            page = response.raw_response.json()
-        except GitHubException as exc:
-            raise GitHubCallFailed(self._answer_from(exc).detail) from None
-        except ValueError:
-            raise GitHubCallFailed("GitHub listed deliveries in a body that is not JSON") from None
-        if not isinstance(page, list):
-            raise GitHubCallFailed("GitHub listed deliveries in an unexpected shape")
-        return page, next_cursor(response.headers.get("Link", ""))
 
     def _answer_from(self, exc: GitHubException) -> GitHubAnswer:
         # A failed token mint surfaces as a RequestError wrapping the RequestFailed.

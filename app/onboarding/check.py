@@ -24,10 +24,10 @@ from app.clients.stacksona import StacksonaCallFailed, StacksonaClient
 from app.onboarding import check_github as gh
 from app.onboarding.check_lines import DatabaseState, Line, all_passed, read_database, read_stacksona
 from app.onboarding.manifest import load_manifest
-from app.runtime import first_line, missing_sqlite_file, redacted_url
+from app.runtime import missing_sqlite_file, redacted_url
 from app.settings import Settings
 from app.store import migrations
-from app.store.engine import READ_ONLY, make_engine
+from app.store.engine import READ_ONLY, first_line, make_engine
 
 if TYPE_CHECKING:
     from alembic.config import Config

@@ -71,11 +71,23 @@ def error_reason(exc: BaseException) -> str:
     its parameters, and a driver's message names host and port, never the URL's password.
     """
     if isinstance(exc, DBAPIError) and exc.orig is not None:
-        message = str(exc.orig)
+        line = _first_line_of(str(exc.orig))
     else:
-        message = "" if isinstance(exc, SQLAlchemyError) else str(exc)
+        line = "" if isinstance(exc, SQLAlchemyError) else _first_line_of(str(exc))
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def first_line(error: BaseException | None) -> str:
+    """The first line of a driver's error (its class name when it has none), short enough for a one-line message.
+
+    Unlike `error_reason`, without the class name: it ends a sentence, "cannot open URL: unable to open database file".
+    """
+    return _first_line_of(str(error)) or type(error).__name__
+
+
+def _first_line_of(message: str) -> str:
     lines = message.strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+    return lines[0][:200] if lines else ""
 
 
 def _sqlite_engine(url: str, busy_timeout_seconds: float, **kwargs: Any) -> Engine:
