@@ -7,35 +7,33 @@ from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
 import httpx
-from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from app.simulators._server import (
-    FaultPlan,
-    SimulatorBase,
-    empty_response,
-    json_response,
-    parse_json_object,
-    status_phrase,
-)
+from app.simulators._server import FaultPlan, SimulatorBase, status_phrase
 from app.simulators.github_app_info import APP_INFO_ENDPOINTS, AppInfo
 from app.simulators.github_apps import AppRegistry, SimApp, SimInstallation, hook_id_of, load_public_key
 from app.simulators.github_auth import AppAuth
 from app.simulators.github_contents import CONTENTS_ENDPOINT, ContentsPermission, RepositoryContents
 from app.simulators.github_deliveries import GHES_REDELIVERY_WINDOW, REDELIVERY_WINDOW, RecordedDelivery
-from app.simulators.github_deployments import DEPLOYMENT_ENDPOINTS, DeploymentHistory, deployment_rules
+from app.simulators.github_deployments import DEPLOYMENT_ENDPOINTS, DeploymentHistory
 from app.simulators.github_environments import ENVIRONMENT_ENDPOINTS, RepositoryBook, RuleApp
 from app.simulators.github_hooks import AppHooks
-from app.simulators.github_install import INSTALL_ENDPOINTS, InstallPage, install_rules
-from app.simulators.github_manifest import MANIFEST_ENDPOINTS, ManifestRegistrar, manifest_rules
-from app.simulators.github_runs import RecordedReview, ReviewLog, RunBook, review_body_problem
-from app.simulators.github_webhooks import (
-    DeliveryShape,
-    HookIdentity,
-    RepoRef,
-    WaitingJob,
-    protection_rule_payload,
+from app.simulators.github_install import INSTALL_ENDPOINTS, InstallPage
+from app.simulators.github_manifest import MANIFEST_ENDPOINTS, ManifestRegistrar
+from app.simulators.github_reviews import RunReviews
+from app.simulators.github_routes import (
+    DOTCOM_API_VERSIONS,
+    GHES_API_VERSIONS,
+    GITHUB_ROUTES,
+    ROUTE_OF,
+    ApiVersions,
+    GitHubRoute,
+    github_error,
+    url_map,
 )
+from app.simulators.github_runs import RecordedReview, RunBook
+from app.simulators.github_tokens import TokenEndpoint
+from app.simulators.github_webhooks import DeliveryShape, HookIdentity, RepoRef, WaitingJob, protection_rule_payload
 
 __all__ = [
     "DEFAULT_SHA",
@@ -50,62 +48,10 @@ __all__ = [
     "RecordedReview",
 ]
 
-GitHubRoute = Literal["token", "review", "deliveries", "run", "app", "environments", "contents", "deployments"]
 DEFAULT_SHA = "9fceb02d0ae598e95dc970b74767f19372d61af8"
-DOTCOM_API_VERSIONS = ("2022-11-28", "2026-03-10")
-GHES_API_VERSIONS = ("2022-11-28",)
 # GitHub gives up on a webhook delivery after 10 s; GHES waits 30 s.
 DOTCOM_DELIVERY_TIMEOUT = 10.0
 GHES_DELIVERY_TIMEOUT = 30.0
-_DOCS = "https://docs.github.com/rest"
-_VERSIONS_DOCS = "https://docs.github.com/rest/about-the-rest-api/api-versions"
-_ROUTE_OF: dict[str, GitHubRoute] = {
-    "token": "token",
-    "review": "review",
-    "run": "run",
-    "deliveries": "deliveries",
-    "redeliver": "deliveries",
-    "app": "app",
-    "installations": "app",
-    "hook_config": "app",
-    **dict.fromkeys(ENVIRONMENT_ENDPOINTS, "environments"),
-    CONTENTS_ENDPOINT: "contents",
-    **dict.fromkeys(DEPLOYMENT_ENDPOINTS, "deployments"),
-}
-
-
-def _error(status: int, message: str, documentation_url: str = _DOCS) -> Response:
-    return json_response(status, {"message": message, "documentation_url": documentation_url})
-
-
-def _url_map(prefix: str) -> Map:
-    run = f"{prefix}/repos/<owner>/<repo>/actions/runs/<int:run_id>"
-    environment = f"{prefix}/repos/<owner>/<repo>/environments/<environment_name>"
-    return Map(
-        [
-            Rule(
-                f"{prefix}/app/installations/<int:installation_id>/access_tokens",
-                endpoint="token",
-                methods=["POST"],
-            ),
-            Rule(f"{run}/deployment_protection_rule", endpoint="review", methods=["POST"]),
-            Rule(run, endpoint="run", methods=["GET"]),
-            Rule(f"{prefix}/app/hook/deliveries", endpoint="deliveries", methods=["GET"]),
-            Rule(f"{prefix}/app/hook/deliveries/<int:delivery_id>/attempts", endpoint="redeliver", methods=["POST"]),
-            Rule(f"{prefix}/app", endpoint="app", methods=["GET"]),
-            Rule(f"{prefix}/app/installations", endpoint="installations", methods=["GET"]),
-            Rule(f"{prefix}/app/hook/config", endpoint="hook_config", methods=["GET"]),
-            Rule(f"{prefix}/repos/<owner>/<repo>", endpoint="repository", methods=["GET"]),
-            Rule(environment, endpoint="environment", methods=["GET", "PUT"]),
-            Rule(f"{environment}/deployment_protection_rules", endpoint="protection_rules", methods=["GET", "POST"]),
-            Rule(f"{environment}/deployment_protection_rules/apps", endpoint="protection_rule_apps", methods=["GET"]),
-            Rule(f"{prefix}/installation/repositories", endpoint="installation_repos", methods=["GET"]),
-            *manifest_rules(prefix),
-            *install_rules(),
-            Rule(f"{prefix}/repos/<owner>/<repo>/contents/<path:path>", endpoint=CONTENTS_ENDPOINT, methods=["GET"]),
-            *deployment_rules(prefix),
-        ]
-    )
 
 
 class GitHubSimulator(SimulatorBase):
@@ -138,15 +84,15 @@ class GitHubSimulator(SimulatorBase):
                 raise ValueError("public_key_pem is required with app_id")
             self.apps.add(SimApp(app_id, load_public_key(public_key_pem), installations=[SimInstallation(1, "acme")]))
         self._auth = AppAuth(self.apps)
+        # Installation tokens (POST …/access_tokens): tests read `token_requests`.
+        self._tokens = TokenEndpoint(self._auth)
         self._prefix = path_prefix.rstrip("/")
         self._ghes = bool(self._prefix) if ghes is None else ghes
-        self._api_versions = frozenset(api_versions or (GHES_API_VERSIONS if self._ghes else DOTCOM_API_VERSIONS))
+        self._api_versions = ApiVersions(api_versions, ghes=self._ghes)
         self._lock = threading.Lock()
-        self._faults = FaultPlan(
-            ("token", "review", "deliveries", "run", "app", "environments", "contents", "deployments"),
-            lambda s: {"message": status_phrase(s)},
-        )
+        self._faults = FaultPlan(GITHUB_ROUTES, lambda s: {"message": status_phrase(s)})
         self._hooks = AppHooks(
+            self._auth,
             self._hook_identity,
             timeout=self.delivery_timeout,
             window=GHES_REDELIVERY_WINDOW if self._ghes else REDELIVERY_WINDOW,
@@ -162,16 +108,16 @@ class GitHubSimulator(SimulatorBase):
             user_login=lambda: self.manifests.user_login,
             on_install=lambda _app, installation: self._repositories.install(installation.account, installation.id),
         )
-        self._reviews = ReviewLog()
+        # The review and run endpoints, and the record of every review call.
+        self._reviews = RunReviews(self._auth, self._runs)
         # GitHub grants `contents: read` per installation: one denial covers files, compare and commit pulls.
         contents_permission = ContentsPermission()
         # Files on repositories' branches (GET …/contents/{path}): tests set them, deny access, read the requests.
-        self.contents = RepositoryContents(self._auth, self._can_see, contents_permission)
+        self.contents = RepositoryContents(self._auth, self._reviews.can_see, contents_permission)
         # Deployments, their statuses and the commit graph (compare, a commit's pull requests): tests seed them.
-        self.deployments = DeploymentHistory(self._auth, self._can_see, lambda: self.url, contents_permission)
-        self._token_requests: list[int] = []
+        self.deployments = DeploymentHistory(self._auth, self._reviews.can_see, lambda: self.url, contents_permission)
         self._next_deployment_id = 1_000_001
-        super().__init__(_url_map(self._prefix), port)
+        super().__init__(url_map(self._prefix), port)
 
     @property
     def url(self) -> str:
@@ -282,20 +228,19 @@ class GitHubSimulator(SimulatorBase):
 
     @property
     def token_requests(self) -> list[int]:
-        with self._lock:
-            return list(self._token_requests)
+        return self._tokens.requests()
 
     def final_reviews(
         self, *, owner: str | None = None, repo: str | None = None, run_id: int | None = None
     ) -> list[RecordedReview]:
         """Accepted reviews that approved or rejected."""
-        return [r for r in self._reviews.accepted(owner, repo, run_id) if "state" in r.body]
+        return self._reviews.final(owner, repo, run_id)
 
     def status_reports(
         self, *, owner: str | None = None, repo: str | None = None, run_id: int | None = None
     ) -> list[RecordedReview]:
         """Accepted review calls without `state`."""
-        return [r for r in self._reviews.accepted(owner, repo, run_id) if "state" not in r.body]
+        return self._reviews.status_reports(owner, repo, run_id)
 
     def is_pending(self, owner: str, repo: str, run_id: int, environment: str) -> bool:
         return self._runs.is_waiting(owner, repo, run_id, environment)
@@ -315,25 +260,28 @@ class GitHubSimulator(SimulatorBase):
         return None if app is None else RuleApp(app.id, app.slug)
 
     def _not_found(self) -> Response:
-        return _error(404, "Not Found")
+        return github_error(404, "Not Found")
 
     def _handle(self, endpoint: str, request: Request, args: Mapping[str, Any]) -> Response:
         if endpoint in MANIFEST_ENDPOINTS:
-            return self.manifests.handle(endpoint, request, args, self._unsupported_version(request))
+            return self.manifests.handle(endpoint, request, args, self._api_versions.refusal(request))
         if endpoint in INSTALL_ENDPOINTS:
             return self._install_page.handle(request, args)
         if endpoint == "token":
-            with self._lock:
-                self._token_requests.append(int(args["installation_id"]))
-        refusal = self._faults.intercept(_ROUTE_OF[endpoint]) or self._unsupported_version(request)
+            self._tokens.record(int(args["installation_id"]))
+        refusal = self._faults.intercept(ROUTE_OF[endpoint]) or self._api_versions.refusal(request)
         if endpoint == "review":
-            return self._review(request, str(args["owner"]), str(args["repo"]), int(args["run_id"]), refusal)
+            return self._reviews.review(request, str(args["owner"]), str(args["repo"]), int(args["run_id"]), refusal)
         if refusal is not None:
             return refusal
+        return self._answer(endpoint, request, args)
+
+    def _answer(self, endpoint: str, request: Request, args: Mapping[str, Any]) -> Response:
+        """The part of the API that answers the endpoint, once no fault or unknown version refused it."""
         if endpoint == "token":
-            return self._issue_token(request, int(args["installation_id"]))
+            return self._tokens.answer(request, int(args["installation_id"]))
         if endpoint == "run":
-            return self._get_run(request, str(args["owner"]), str(args["repo"]), int(args["run_id"]))
+            return self._reviews.get_run(request, str(args["owner"]), str(args["repo"]), int(args["run_id"]))
         if endpoint in DEPLOYMENT_ENDPOINTS:
             return self.deployments.answer(endpoint, request, str(args["owner"]), str(args["repo"]), dict(args))
         if endpoint == CONTENTS_ENDPOINT:
@@ -342,81 +290,4 @@ class GitHubSimulator(SimulatorBase):
             return self.app.answer(endpoint, request)
         if endpoint in ENVIRONMENT_ENDPOINTS:
             return self._repositories.answer(endpoint, request, dict(args))
-        return self._app_hook(endpoint, request, args)
-
-    def _unsupported_version(self, request: Request) -> Response | None:
-        """Missing means the default version; one this host does not know is refused on every route."""
-        version = request.headers.get("X-GitHub-Api-Version")
-        if version is None or version in self._api_versions:
-            return None
-        supported = ", ".join(f'"{v}"' for v in sorted(self._api_versions))
-        message = (
-            f'The X-GitHub-Api-Version header "{version}" is not a supported version. Supported versions: {supported}.'
-        )
-        # github.com answers a sunset or unknown version with 410 Gone; GHES with 400.
-        return _error(400 if self._ghes else 410, message, _VERSIONS_DOCS)
-
-    def _app_hook(self, endpoint: str, request: Request, args: Mapping[str, Any]) -> Response:
-        app = self._auth.app_for_jwt(request.headers.get("Authorization", ""))
-        if app is None:
-            return _error(401, "A JSON web token could not be decoded")
-        return self._hooks.answer(app.id, endpoint, request, args, self.url)
-
-    def _issue_token(self, request: Request, installation_id: int) -> Response:
-        app = self._auth.app_for_jwt(request.headers.get("Authorization", ""))
-        if app is None:
-            return _error(401, "A JSON web token could not be decoded")
-        return json_response(201, self._auth.issue_token(app, installation_id))
-
-    def _get_run(self, request: Request, owner: str, repo: str, run_id: int) -> Response:
-        installation_id = self._auth.installation_for(request.headers.get("Authorization", ""))
-        if installation_id is None:
-            return _error(401, "Bad credentials")
-        run = self._runs.run_json(owner, repo, run_id)
-        if run is None or not self._can_see(installation_id, owner, repo):
-            return _error(404, "Not Found")
-        return json_response(200, run)
-
-    def _review(self, request: Request, owner: str, repo: str, run_id: int, refusal: Response | None) -> Response:
-        raw = request.get_data()
-        authorization = request.headers.get("Authorization", "")
-        body = parse_json_object(raw)
-        with self._lock:  # the record's order is the order the reviews took effect
-            response = refusal or self._answer_review(authorization, owner, repo, run_id, body)
-            self._reviews.add(
-                RecordedReview(
-                    owner=owner,
-                    repo=repo,
-                    run_id=run_id,
-                    body=body or {},
-                    raw_body=raw,
-                    authorization=authorization,
-                    api_version=request.headers.get("X-GitHub-Api-Version"),
-                    status=response.status_code,
-                )
-            )
-        return response
-
-    def _answer_review(
-        self,
-        authorization: str,
-        owner: str,
-        repo: str,
-        run_id: int,
-        body: dict[str, Any] | None,
-    ) -> Response:
-        installation_id = self._auth.installation_for(authorization)
-        if installation_id is None:
-            return _error(401, "Bad credentials")
-        if body is None:
-            return _error(400, "Problems parsing JSON")
-        if (problem := review_body_problem(body)) is not None:
-            return _error(422, problem)
-        if not self._can_see(installation_id, owner, repo):
-            return _error(404, "Not Found")
-        refused = self._runs.review(owner, repo, run_id, body)
-        return empty_response(204) if refused is None else _error(422, refused)
-
-    def _can_see(self, installation_id: int, owner: str, repo: str) -> bool:
-        owning = self._runs.installation_of(owner, repo)
-        return owning is None or owning == installation_id
+        return self._hooks.answer(endpoint, request, args, self.url)

@@ -19,87 +19,41 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
 from app.simulators._server import json_response, parse_json_object
 from app.simulators.github_auth import AppAuth
+from app.simulators.github_repositories import (
+    ROLES,
+    Caller,
+    CustomRule,
+    Environment,
+    Repository,
+    RuleApp,
+    app_json,
+    environment_json,
+    now_text,
+    page_of,
+    repo_json,
+    rule_json,
+)
 
 __all__ = ["ENVIRONMENT_ENDPOINTS", "MAX_CUSTOM_RULES", "ROLES", "RepositoryBook", "RuleApp"]
 
-ROLES = ("read", "triage", "write", "maintain", "admin")
 # "A maximum of 6 deployment protection rules can be enabled on any environment at the same time."
 MAX_CUSTOM_RULES = 6
 ENVIRONMENT_ENDPOINTS = frozenset(
     {"repository", "environment", "protection_rules", "protection_rule_apps", "installation_repos"}
 )
 _MAX_ENVIRONMENT_NAME = 255
-_PERMISSION_ROLES = {"pull": "read", "triage": "triage", "push": "write", "maintain": "maintain", "admin": "admin"}
 _DOCS = "https://docs.github.com/rest/deployments/protection-rules"
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-
-
-@dataclass(frozen=True)
-class RuleApp:
-    """A GitHub App that can provide a custom deployment protection rule."""
-
-    id: int
-    slug: str
-
-
-@dataclass(frozen=True)
-class _Rule:
-    id: int
-    app: RuleApp
-
-
-@dataclass
-class _Environment:
-    id: int
-    name: str
-    created_at: str
-    rules: dict[int, _Rule] = field(default_factory=dict)  # app id -> rule, in the order enabled
-
-
-@dataclass
-class _Repository:
-    id: int
-    owner: str
-    name: str
-    private: bool
-    installation_ids: set[int]  # installations of Apps in the registry that cover the repository
-    other_apps: dict[int, RuleApp] = field(default_factory=dict)
-    environments: dict[str, _Environment] = field(default_factory=dict)  # lower-cased name -> environment
-
-    @property
-    def full_name(self) -> str:
-        return f"{self.owner}/{self.name}"
-
-
-@dataclass(frozen=True)
-class _Caller:
-    kind: Literal["user", "installation", "anonymous", "invalid"]
-    token: str = field(default="", repr=False)
-    installation_id: int | None = None
 
 
 def _error(status: int, message: str) -> Response:
     return json_response(status, {"message": message, "documentation_url": _DOCS})
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime(_TIME_FORMAT)
-
-
-def _page(items: Sequence[Any], request: Request) -> Sequence[Any]:
-    """GitHub's page/per_page (30 by default, at most 100)."""
-    per_page = min(max(request.args.get("per_page", 30, type=int) or 30, 1), 100)
-    page = max(request.args.get("page", 1, type=int) or 1, 1)
-    return items[(page - 1) * per_page : page * per_page]
 
 
 class RepositoryBook:
@@ -110,7 +64,7 @@ class RepositoryBook:
         self._app_of = app_of  # the App an installation belongs to
         self._base_url = base_url
         self._lock = threading.Lock()
-        self._repos: dict[str, _Repository] = {}
+        self._repos: dict[str, Repository] = {}
         self._grants: dict[str, dict[str, str]] = {}  # token -> repository key -> role
         self._ids = itertools.count(5001)
 
@@ -128,7 +82,7 @@ class RepositoryBook:
         owner, _, name = full_name.partition("/")
         with self._lock:
             installations = set() if installation_id is None else {installation_id}
-            repo = _Repository(next(self._ids), owner, name, private, installations)
+            repo = Repository(next(self._ids), owner, name, private, installations)
             self._repos[full_name.lower()] = repo
             for environment in environments:
                 self._create_environment(repo, environment)
@@ -184,13 +138,13 @@ class RepositoryBook:
                 return self._installation_repos(request, caller)
             return self._on_repository(endpoint, request, caller, args)
 
-    def _on_repository(self, endpoint: str, request: Request, caller: _Caller, args: dict[str, Any]) -> Response:
+    def _on_repository(self, endpoint: str, request: Request, caller: Caller, args: dict[str, Any]) -> Response:
         repo = self._repos.get(f"{args['owner']}/{args['repo']}".lower())
         role = None if repo is None else self._role(caller, repo)
         if repo is None or role is None:
             return _error(404, "Not Found")
         if endpoint == "repository":
-            return json_response(200, self._repo_json(repo, caller, role))
+            return json_response(200, repo_json(repo, caller, role, self._base_url()))
         if (request.method != "GET" or endpoint == "protection_rule_apps") and role != "admin":
             return self._forbidden(caller)
         name = str(args["environment_name"])
@@ -201,32 +155,30 @@ class RepositoryBook:
             return _error(404, "Not Found")
         return self._on_environment(endpoint, request, repo, environment)
 
-    def _on_environment(
-        self, endpoint: str, request: Request, repo: _Repository, environment: _Environment
-    ) -> Response:
+    def _on_environment(self, endpoint: str, request: Request, repo: Repository, environment: Environment) -> Response:
         if endpoint == "environment":
-            return json_response(200, self._environment_json(repo, environment))
+            return json_response(200, environment_json(repo, environment, self._base_url()))
         if endpoint == "protection_rule_apps":
-            apps = [self._app_json(app) for app in self._available(repo)]
-            page = list(_page(apps, request))
+            apps = [app_json(app, self._base_url()) for app in self._available(repo)]
+            page = list(page_of(apps, request))
             return json_response(
                 200, {"total_count": len(apps), "available_custom_deployment_protection_rule_integrations": page}
             )
         if request.method == "POST":
             return self._post_rule(request, repo, environment)
-        rules = [self._rule_json(rule) for rule in environment.rules.values()]
+        rules = [rule_json(rule, self._base_url()) for rule in environment.rules.values()]
         return json_response(200, {"total_count": len(rules), "custom_deployment_protection_rules": rules})
 
-    def _put_environment(self, request: Request, repo: _Repository, name: str) -> Response:
+    def _put_environment(self, request: Request, repo: Repository, name: str) -> Response:
         raw = request.get_data()
         if raw.strip() and raw.strip() != b"null" and parse_json_object(raw) is None:
             return _error(400, "Problems parsing JSON")
         if not name.strip() or len(name) > _MAX_ENVIRONMENT_NAME:
             return _error(422, f"Environment names must be 1 to {_MAX_ENVIRONMENT_NAME} characters")
         environment = repo.environments.get(name.lower()) or self._create_environment(repo, name)
-        return json_response(200, self._environment_json(repo, environment))
+        return json_response(200, environment_json(repo, environment, self._base_url()))
 
-    def _post_rule(self, request: Request, repo: _Repository, environment: _Environment) -> Response:
+    def _post_rule(self, request: Request, repo: Repository, environment: Environment) -> Response:
         body = parse_json_object(request.get_data())
         if body is None:
             return _error(400, "Problems parsing JSON")
@@ -240,34 +192,34 @@ class RepositoryBook:
             return _error(422, f"Integration {app_id} is already enabled on this environment (simulator wording)")
         if len(environment.rules) >= MAX_CUSTOM_RULES:
             return _error(422, f"At most {MAX_CUSTOM_RULES} rules may be enabled on an environment (simulator wording)")
-        return json_response(201, self._rule_json(self._add_rule(environment, app)))
+        return json_response(201, rule_json(self._add_rule(environment, app), self._base_url()))
 
-    def _installation_repos(self, request: Request, caller: _Caller) -> Response:
+    def _installation_repos(self, request: Request, caller: Caller) -> Response:
         if caller.kind != "installation":
             return self._forbidden(caller) if caller.kind == "anonymous" else _error(403, "Needs an installation token")
         mine = [
-            self._repo_json(r, caller, "read")
+            repo_json(r, caller, "read", self._base_url())
             for r in self._repos.values()
             if caller.installation_id in r.installation_ids
         ]
-        page = list(_page(mine, request))
+        page = list(page_of(mine, request))
         return json_response(200, {"total_count": len(mine), "repository_selection": "all", "repositories": page})
 
     # --- helpers (the lock is held) ----------------------------------------------------------
 
-    def _caller(self, authorization: str) -> _Caller:
+    def _caller(self, authorization: str) -> Caller:
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if not authorization.strip():
-            return _Caller("anonymous")
+            return Caller("anonymous")
         if scheme.lower() not in ("bearer", "token") or not token:
-            return _Caller("invalid")
+            return Caller("invalid")
         if token in self._grants:
-            return _Caller("user", token)
+            return Caller("user", token)
         installation_id = self._auth.installation_for(authorization)
-        return _Caller("invalid") if installation_id is None else _Caller("installation", "", installation_id)
+        return Caller("invalid") if installation_id is None else Caller("installation", "", installation_id)
 
-    def _role(self, caller: _Caller, repo: _Repository) -> str | None:
+    def _role(self, caller: Caller, repo: Repository) -> str | None:
         if caller.kind == "user":
             role = self._grants[caller.token].get(repo.full_name.lower())
             if role is not None:
@@ -276,63 +228,25 @@ class RepositoryBook:
             return "read"
         return None if repo.private else "read"
 
-    def _forbidden(self, caller: _Caller) -> Response:
+    def _forbidden(self, caller: Caller) -> Response:
         if caller.kind == "anonymous":
             return _error(401, "Requires authentication")
         if caller.kind == "installation":
             return _error(403, "Resource not accessible by integration")
         return _error(403, "Must have admin rights to Repository.")
 
-    def _available(self, repo: _Repository) -> list[RuleApp]:
+    def _available(self, repo: Repository) -> list[RuleApp]:
         installed = {app.id: app for i in sorted(repo.installation_ids) if (app := self._app_of(i)) is not None}
         return list(installed.values()) + [app for app in repo.other_apps.values() if app.id not in installed]
 
-    def _create_environment(self, repo: _Repository, name: str) -> _Environment:
-        environment = _Environment(next(self._ids), name, _now())
+    def _create_environment(self, repo: Repository, name: str) -> Environment:
+        environment = Environment(next(self._ids), name, now_text())
         repo.environments[name.lower()] = environment
         return environment
 
-    def _installed(self, repo: _Repository, app_id: int) -> RuleApp | None:
+    def _installed(self, repo: Repository, app_id: int) -> RuleApp | None:
         return next((app for app in self._available(repo) if app.id == app_id), None)
 
-    def _add_rule(self, environment: _Environment, app: RuleApp) -> _Rule:
-        rule = environment.rules[app.id] = _Rule(next(self._ids), app)
+    def _add_rule(self, environment: Environment, app: RuleApp) -> CustomRule:
+        rule = environment.rules[app.id] = CustomRule(next(self._ids), app)
         return rule
-
-    def _app_json(self, app: RuleApp) -> dict[str, Any]:
-        integration_url = f"{self._base_url()}/apps/{app.slug}"
-        return {"id": app.id, "slug": app.slug, "integration_url": integration_url, "node_id": f"A_{app.id}"}
-
-    def _rule_json(self, rule: _Rule) -> dict[str, Any]:
-        return {"id": rule.id, "node_id": f"DPR_{rule.id}", "enabled": True, "app": self._app_json(rule.app)}
-
-    def _environment_json(self, repo: _Repository, environment: _Environment) -> dict[str, Any]:
-        url = f"{self._base_url()}/repos/{repo.full_name}/environments/{environment.name}"
-        return {
-            "id": environment.id,
-            "node_id": f"EN_{environment.id}",
-            "name": environment.name,
-            "url": url,
-            "html_url": url,
-            "created_at": environment.created_at,
-            "updated_at": environment.created_at,
-            "protection_rules": [],
-            "deployment_branch_policy": None,
-        }
-
-    def _repo_json(self, repo: _Repository, caller: _Caller, role: str) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "id": repo.id,
-            "node_id": f"R_{repo.id}",
-            "name": repo.name,
-            "full_name": repo.full_name,
-            "private": repo.private,
-            "visibility": "private" if repo.private else "public",
-            "default_branch": "main",
-            "owner": {"login": repo.owner, "type": "Organization"},
-            "url": f"{self._base_url()}/repos/{repo.full_name}",
-        }
-        if caller.kind == "user":  # the user's own access, as GitHub adds it for an authenticated user
-            rank = ROLES.index(role)
-            body["permissions"] = {key: rank >= ROLES.index(needed) for key, needed in _PERMISSION_ROLES.items()}
-        return body

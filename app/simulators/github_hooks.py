@@ -13,7 +13,9 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
+from app.simulators.github_auth import AppAuth
 from app.simulators.github_deliveries import DeliveryLog
+from app.simulators.github_routes import github_error
 from app.simulators.github_webhooks import HookIdentity
 
 __all__ = ["AppHooks"]
@@ -22,7 +24,10 @@ __all__ = ["AppHooks"]
 class AppHooks:
     """One delivery log per App id, created when the App first sends or asks."""
 
-    def __init__(self, identity: Callable[[int], HookIdentity], *, timeout: float, window: timedelta) -> None:
+    def __init__(
+        self, auth: AppAuth, identity: Callable[[int], HookIdentity], *, timeout: float, window: timedelta
+    ) -> None:
+        self._auth = auth
         self._identity = identity
         self._timeout = timeout
         self._window = window
@@ -37,9 +42,12 @@ class AppHooks:
                 self._logs[app_id] = log
             return log
 
-    def answer(self, app_id: int, endpoint: str, request: Request, args: Mapping[str, Any], base_url: str) -> Response:
-        """`deliveries` lists the App's deliveries; anything else asks for one of them to be sent again."""
-        log = self.log(app_id)
+    def answer(self, endpoint: str, request: Request, args: Mapping[str, Any], base_url: str) -> Response:
+        """`deliveries` lists the calling App's deliveries; anything else asks for one of them to be sent again."""
+        app = self._auth.app_for_jwt(request.headers.get("Authorization", ""))
+        if app is None:
+            return github_error(401, "A JSON web token could not be decoded")
+        log = self.log(app.id)
         if endpoint == "deliveries":
             return log.list_page(request, base_url)
         return log.redeliver(int(args["delivery_id"]))

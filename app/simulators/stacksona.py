@@ -9,7 +9,6 @@ create opens a new thread, and a lookup by task lists all of the task's threads.
 from __future__ import annotations
 
 import hmac
-import secrets
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -27,15 +26,7 @@ from app.simulators._server import (
     parse_json_object,
     status_phrase,
 )
-from app.simulators.stacksona_threads import (
-    FINAL_STATUSES,
-    RecordedRequest,
-    Thread,
-    callback_notice,
-    now_text,
-    request_problem,
-    thread_view,
-)
+from app.simulators.stacksona_threads import RecordedRequest, Thread, ThreadBook
 
 StacksonaRoute = Literal["create", "poll", "validate", "events"]
 # What happens to the answer of a create that took effect: held back, or replaced by an error status.
@@ -85,16 +76,10 @@ class StacksonaSimulator(SimulatorBase):
         self._signed_tokens = signed_tokens
         self._lock = threading.Lock()
         self._faults = FaultPlan(("create", "poll", "validate", "events"), lambda s: {"error": status_phrase(s)})
-        self._scripts: dict[str, tuple[str, str]] = {}
-        self._threads: dict[str, Thread] = {}
-        self._by_task: dict[str, str] = {}
-        self._task_threads: dict[str, list[str]] = {}
-        self._by_key: dict[str, str] = {}
-        self._requests: list[RecordedRequest] = []
+        self._book = ThreadBook()  # guarded by self._lock
         self._lookups: list[str] = []
         self._lost_answers: deque[LostAnswer] = deque()
         self._stall_release = threading.Event()
-        self._replays = 0
         self._validations: list[tuple[str, str, bool]] = []
         self._events: list[tuple[str, dict[str, Any]]] = []
         self._callback_errors: list[str] = []
@@ -107,7 +92,7 @@ class StacksonaSimulator(SimulatorBase):
     def script(self, environment: str, status: str, *, message: str = "") -> None:
         """What new requests for `environment` answer at once (default pending_review)."""
         with self._lock:
-            self._scripts[environment] = (status, message)
+            self._book.script(environment, status, message)
 
     def decide(
         self,
@@ -122,40 +107,33 @@ class StacksonaSimulator(SimulatorBase):
         if decision not in ("approved", "rejected"):
             raise ValueError(f"decision must be approved or rejected, not {decision!r}")
         with self._lock:
-            thread = self._thread(thread_id)
-            if thread.status in FINAL_STATUSES:
-                raise ValueError(f"thread {thread_id} is already {thread.status}")
-            thread.status, thread.message, thread.decided_at = decision, message, now_text()
-            if decision == "approved" and self._signed_tokens:
-                thread.approval_token = "sat_" + secrets.token_urlsafe(32)
-            notice = callback_notice(thread)
+            notice = self._book.decide(thread_id, decision, message, issue_token=self._signed_tokens)
         url = self.callback_url
         if send_callback and url:
             self._send_callback(_with_token(url, callback_token), notice, callback_token)
 
     def set_poll_status(self, thread_id: str, status: str) -> None:
         with self._lock:
-            self._thread(thread_id).status = status
+            self._book.thread(thread_id).status = status
 
     def thread_for_task(self, task_id: str) -> str | None:
         """The newest thread opened for the task."""
         with self._lock:
-            return self._by_task.get(task_id)
+            return self._book.newest_for_task(task_id)
 
     def threads_for_task(self, task_id: str) -> list[str]:
         """Every thread opened for the task, oldest first (more than one only without idempotency)."""
         with self._lock:
-            return list(self._task_threads.get(task_id, []))
+            return self._book.all_for_task(task_id)
 
     def view(self, thread_id: str) -> dict[str, Any] | None:
         """What a poll answers about the thread now (None: unknown)."""
         with self._lock:
-            thread = self._threads.get(thread_id)
-            return None if thread is None else thread_view(thread)
+            return self._book.view(thread_id)
 
     def pending_threads(self) -> list[str]:
         with self._lock:
-            return [t.thread_id for t in self._threads.values() if t.status == "pending_review"]
+            return self._book.pending()
 
     def fail_next(
         self,
@@ -193,7 +171,7 @@ class StacksonaSimulator(SimulatorBase):
     @property
     def requests(self) -> list[RecordedRequest]:
         with self._lock:
-            return list(self._requests)
+            return list(self._book.requests)
 
     @property
     def lookups(self) -> list[str]:
@@ -204,7 +182,7 @@ class StacksonaSimulator(SimulatorBase):
     @property
     def replays(self) -> int:
         with self._lock:
-            return self._replays
+            return self._book.replays
 
     @property
     def validations(self) -> list[tuple[str, str, bool]]:
@@ -221,11 +199,10 @@ class StacksonaSimulator(SimulatorBase):
         with self._lock:
             return list(self._callback_errors)
 
-    def _thread(self, thread_id: str) -> Thread:
-        thread = self._threads.get(thread_id)
-        if thread is None:
-            raise KeyError(f"unknown thread {thread_id!r}")
-        return thread
+    @property
+    def _threads(self) -> dict[str, Thread]:
+        # tests/test_secrets_audit.py reads every approval token issued, spent or not, from here.
+        return self._book.threads
 
     def _send_callback(self, url: str, notice: dict[str, Any], token: str | None) -> None:
         try:
@@ -265,7 +242,7 @@ class StacksonaSimulator(SimulatorBase):
         body = parse_json_object(request.get_data())
         key = request.headers.get("Idempotency-Key")
         with self._lock:
-            status, answer = self._create_or_replay(task_id, key, body)
+            status, answer = self._book.create_or_replay(task_id, key, body, idempotent=self.idempotent_creates)
             lost = self._lost_answers.popleft() if status < 300 and self._lost_answers else None
             release = self._stall_release
         if lost == "stall":
@@ -273,45 +250,6 @@ class StacksonaSimulator(SimulatorBase):
         elif isinstance(lost, int):
             return _error(lost, status_phrase(lost))
         return json_response(status, answer)
-
-    def _create_or_replay(self, task_id: str, key: str | None, body: dict[str, Any] | None) -> tuple[int, Any]:
-        """The answer's status and body; the caller holds the lock."""
-        known = self._known_thread(task_id, key)
-        if known is not None:
-            self._replays += 1
-            return 200, thread_view(self._threads[known])
-        problem = request_problem(body)
-        if problem is not None or body is None:
-            return 422, {"error": problem or "body must be a JSON object"}
-        thread = self._open_thread(task_id, body)
-        if key:
-            self._by_key[key] = thread.thread_id
-        self._requests.append(RecordedRequest(task_id, key, body, thread.thread_id))
-        return 201, thread_view(thread)
-
-    def _known_thread(self, task_id: str, key: str | None) -> str | None:
-        if not self.idempotent_creates:
-            return None
-        return self._by_task.get(task_id) or (self._by_key.get(key) if key else None)
-
-    def _open_thread(self, task_id: str, body: dict[str, Any]) -> Thread:
-        """Creates the decision; the caller holds the lock."""
-        environment = body["payload"].get("environment")
-        scripted = self._scripts.get(environment) if isinstance(environment, str) else None
-        status, message = scripted or ("pending_review", "")
-        thread = Thread(
-            thread_id="thr_" + secrets.token_hex(8),
-            task_id=task_id,
-            workflow_name=body["workflow_name"],
-            task_label=body["task_label"],
-            status=status,
-            message=message,
-            decided_at=now_text() if status in FINAL_STATUSES else None,
-        )
-        self._threads[thread.thread_id] = thread
-        self._by_task[task_id] = thread.thread_id
-        self._task_threads.setdefault(task_id, []).append(thread.thread_id)
-        return thread
 
     def _poll(self, request: Request) -> Response:
         thread_id = request.args.get("thread_id")
@@ -322,15 +260,10 @@ class StacksonaSimulator(SimulatorBase):
             if not thread_id and task_id:
                 self._lookups.append(task_id)
                 if not self.idempotent_creates:
-                    return json_response(200, {"decisions": self._task_views(task_id)})
-                thread_id = self._by_task.get(task_id)
-            thread = self._threads.get(thread_id or "")
-            view = None if thread is None else thread_view(thread)
+                    return json_response(200, {"decisions": self._book.task_views(task_id)})
+                thread_id = self._book.newest_for_task(task_id)
+            view = self._book.view(thread_id or "")
         return _error(404, "not found") if view is None else json_response(200, view)
-
-    def _task_views(self, task_id: str) -> list[dict[str, Any]]:
-        """Every thread of the task, newest first (empty when unknown); the caller holds the lock."""
-        return [thread_view(self._threads[t]) for t in reversed(self._task_threads.get(task_id, []))]
 
     def _validate(self, request: Request) -> Response:
         body = parse_json_object(request.get_data())
@@ -340,26 +273,11 @@ class StacksonaSimulator(SimulatorBase):
         if not isinstance(task_id, str) or not isinstance(signature, str):
             return json_response(200, {"valid": False, "reason": "task_id and signature required"})
         with self._lock:
-            reason = self._spend_token(task_id, signature)
+            reason = self._book.spend_token(task_id, signature)
             self._validations.append((task_id, signature, reason is None))
         if reason is not None:
             return json_response(200, {"valid": False, "reason": reason})
         return json_response(200, {"valid": True, "task_id": task_id})
-
-    def _spend_token(self, task_id: str, signature: str) -> str | None:
-        """Why the token is not valid, or None after spending it; the caller holds the lock."""
-        threads = [self._threads[t] for t in self._task_threads.get(task_id, [])]
-        issued = [t for t in threads if t.approval_token is not None]
-        if not issued:
-            return "no approval token was issued for this task"
-        signed = signature.encode()
-        thread = next((t for t in issued if hmac.compare_digest(signed, str(t.approval_token).encode())), None)
-        if thread is None:
-            return "signature does not match"
-        if thread.token_spent:
-            return "approval token already used"
-        thread.token_spent = True
-        return None
 
     def _add_event(self, request: Request, task_id: str) -> Response:
         body = parse_json_object(request.get_data())
