@@ -308,13 +308,13 @@ def test_concurrent_same_delivery_is_stored_once(store: Store, engine: Engine) -
     assert len(store.gates.history(gate_id)) == 1
 
 
-def test_a_delivery_racing_the_final_apply_never_joins_the_closed_gate(
-    store: Store, engine: Engine, clock: FakeClock
-) -> None:
-    gate_id, _ = accept(store, "d-1")
+def race_the_final_apply(
+    store: Store, engine: Engine, clock: FakeClock, gate_id: int, deliver: Callable[[], tuple[int, AcceptOutcome]]
+) -> tuple[int, AcceptOutcome]:
+    """`deliver` while the worker's apply closing the gate holds its row uncommitted; what the delivery got."""
     assert store.gates.apply(claim_one(store), Change(GateState.REPORTING, "verdict approved"))
     results: list[tuple[int, AcceptOutcome]] = []
-    racer = threading.Thread(target=lambda: results.append(accept(store, "d-2")))
+    racer = threading.Thread(target=lambda: results.append(deliver()))
     with engine.begin() as conn:  # the worker's apply of the final review, not yet committed
         conn.execute(select(gates.c.id).where(gates.c.id == gate_id).with_for_update())
         closing = {"state": "approved", "open_key": None, "closed_at": clock.now}
@@ -323,7 +323,15 @@ def test_a_delivery_racing_the_final_apply_never_joins_the_closed_gate(
         racer.join(0.5)
         assert racer.is_alive(), "the delivery must wait for the gate's row"
     racer.join(30)
-    [(new_id, outcome)] = results
+    [result] = results
+    return result
+
+
+def test_a_delivery_racing_the_final_apply_never_joins_the_closed_gate(
+    store: Store, engine: Engine, clock: FakeClock
+) -> None:
+    gate_id, _ = accept(store, "d-1")
+    new_id, outcome = race_the_final_apply(store, engine, clock, gate_id, lambda: accept(store, "d-2"))
     assert outcome is AcceptOutcome.CREATED and new_id != gate_id
     assert column(engine, gate_id, "rereview") is False
 
@@ -332,18 +340,8 @@ def test_a_late_duplicate_racing_the_final_apply_is_recorded_against_the_closed_
     store: Store, engine: Engine, clock: FakeClock
 ) -> None:
     gate_id, _ = accept(store, "d-1", deployment_id=77)
-    assert store.gates.apply(claim_one(store), Change(GateState.REPORTING, "verdict approved"))
-    results: list[tuple[int, AcceptOutcome]] = []
-    racer = threading.Thread(target=lambda: results.append(accept(store, "d-2", deployment_id=77)))
-    with engine.begin() as conn:  # the worker's apply of the final review, not yet committed
-        conn.execute(select(gates.c.id).where(gates.c.id == gate_id).with_for_update())
-        closing = {"state": "approved", "open_key": None, "closed_at": clock.now}
-        conn.execute(update(gates).where(gates.c.id == gate_id).values(**closing))
-        racer.start()
-        racer.join(0.5)
-        assert racer.is_alive(), "the delivery must wait for the gate's row"
-    racer.join(30)
-    assert results == [(gate_id, AcceptOutcome.DUPLICATE)]
+    late = race_the_final_apply(store, engine, clock, gate_id, lambda: accept(store, "d-2", deployment_id=77))
+    assert late == (gate_id, AcceptOutcome.DUPLICATE)
     last = store.gates.history(gate_id)[-1]
     assert "d-2 repeats deployment 77" in last.reason
     assert (last.from_state, last.to_state) == (GateState.APPROVED, GateState.APPROVED)
