@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from sqlalchemy import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from app.settings import Settings, SettingsError
 from app.store import Store
-from app.store.engine import first_line, make_engine, migrate
+from app.store.engine import make_engine, migrate, unusable_database_reason
 from app.telemetry import logs
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def open_database(url: str, *, create: bool = True) -> Engine:
         engine = make_engine(url)
         migrate(engine)
     except SQLAlchemyError as exc:
-        reason = first_line(exc.orig) if isinstance(exc, DBAPIError) else "not a usable database URL"
+        reason = unusable_database_reason(exc)
         raise SettingsError("DATABASE_URL", f"cannot open {shown}: {reason}") from None
     return engine
 

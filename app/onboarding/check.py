@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.clients.github import GitHubClient
 from app.clients.stacksona import StacksonaCallFailed, StacksonaClient
@@ -27,7 +27,7 @@ from app.onboarding.manifest import load_manifest
 from app.runtime import missing_sqlite_file, redacted_url
 from app.settings import Settings
 from app.store import migrations
-from app.store.engine import READ_ONLY, first_line, make_engine
+from app.store.engine import READ_ONLY, make_engine, unusable_database_reason
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -127,7 +127,7 @@ def database_state(url: str) -> DatabaseState:
     try:
         current = _current_revisions(url)
     except SQLAlchemyError as exc:
-        reason = first_line(exc.orig) if isinstance(exc, DBAPIError) else "not a usable database URL"
+        reason = unusable_database_reason(exc)
         return DatabaseState(shown, error=reason)
     return DatabaseState(shown, current=current, heads=heads, known=known)
 

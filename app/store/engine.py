@@ -77,12 +77,14 @@ def error_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
-def first_line(error: BaseException | None) -> str:
-    """The first line of a driver's error (its class name when it has none), short enough for a one-line message.
+def unusable_database_reason(exc: SQLAlchemyError) -> str:
+    """Why a database URL could not be used, in a phrase: the driver's first line, else "not a usable database URL".
 
     Unlike `error_reason`, without the class name: it ends a sentence, "cannot open URL: unable to open database file".
     """
-    return _first_line_of(str(error)) or type(error).__name__
+    if not isinstance(exc, DBAPIError):
+        return "not a usable database URL"
+    return _first_line_of(str(exc.orig)) or type(exc.orig).__name__
 
 
 def _first_line_of(message: str) -> str:
