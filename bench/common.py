@@ -132,11 +132,16 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._take_sample()  # a phase shorter than `interval` is measured too
 
     def _sample(self) -> None:
+        self._take_sample()
         while not self._stop.wait(self._interval):
-            for name, pid in self._pids().items():
-                self.peaks[name] = max(self.peaks.get(name, 0.0), rss_mb(pid))
+            self._take_sample()
+
+    def _take_sample(self) -> None:
+        for name, pid in self._pids().items():
+            self.peaks[name] = max(self.peaks.get(name, 0.0), rss_mb(pid))
 
 
 # --- Real App processes against the simulators (bench.acks, bench.latency) ---

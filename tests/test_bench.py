@@ -55,6 +55,7 @@ def test_the_scale_benchmark_prints_its_figures_for_a_small_table(backend: str) 
     out = run_bench("scale", *args, timeout=300)
     for figure in ("claim plan:", "claim_due, 2000 gates", "B per pending gate", "peak RSS of this process"):
         assert figure in out, out
+    assert "while claiming: 0 MB" not in out, out  # a phase shorter than the sampling interval is measured too
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
