@@ -17,6 +17,7 @@ its own; the command exits 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pickle
 import secrets
@@ -30,6 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 from sqlalchemy import text
 
@@ -84,22 +86,38 @@ class World:
     tmp: Path
 
 
+class LoadSummary(TypedDict):
+    """The JSON line bench/loadgen.py writes (its `summary()`), typed so each figure is read as what it is."""
+
+    statuses: dict[str, int]  # answers per HTTP status; JSON made the status a string
+    # Indexes of the requests answered 2xx. Always written; measure() pops it once checked against the database.
+    accepted: NotRequired[list[int]]
+    errors: int
+    answered: int
+    elapsed: float
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    cpu_seconds: float
+
+
 @dataclass
 class Run:
     """One contender's turn: what the load generator saw, the peaks of memory, what the database holds."""
 
-    load: dict[str, object]
+    load: LoadSummary
     peaks: dict[str, float] = field(default_factory=dict)
     problem: str | None = None  # an acknowledged delivery not stored
     cpu_ms: tuple[float, float] | None = None  # per 2xx: the server's processes, PostgreSQL's (throughput runs)
 
     @property
     def throughput(self) -> float:
-        return float(self.load["throughput"])  # type: ignore[arg-type]
+        return self.load["throughput"]
 
     @property
     def p99(self) -> float:
-        return float(self.load["p99_ms"])  # type: ignore[arg-type]
+        return self.load["p99_ms"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +161,8 @@ def _measure_backend(world: World, backend: str, contenders: Sequence[str], args
             latency[name].append(at_rate)
         return throughput.throughput
 
-    figures = alternate({name: (lambda n=name: turn(n)) for name in contenders}, args.repetitions)
+    # partial binds each name now (a bare lambda would see the loop's last) and, unlike a defaulted lambda, is typed.
+    figures = alternate({name: functools.partial(turn, name) for name in contenders}, args.repetitions)
     _say(_report(backend, contenders, figures, runs, latency, args))
     return [
         f"{backend} {name}: {run.problem}" for name in contenders for run in runs[name] + latency[name] if run.problem
@@ -179,7 +198,7 @@ def measure(world: World, name: str, backend: str, args: argparse.Namespace) -> 
             if run is None:
                 continue
             run.peaks = dict(peaks.peaks)
-            accepted = {guids[i] for i in run.load.pop("accepted")}  # type: ignore[attr-defined]
+            accepted = {guids[i] for i in run.load.pop("accepted")}
             if name in STORING:
                 run.problem = unstored(url, name, accepted)
         return throughput, at_rate
@@ -192,8 +211,9 @@ def _cpu_now(server: Served, backend: str) -> tuple[float, float]:
 
 
 def _cpu_per_ack(before: tuple[float, float], after: tuple[float, float], run: Run) -> tuple[float, float]:
-    acked = max(1, len(run.load["accepted"]))  # type: ignore[arg-type]
-    return tuple((end - start) * 1000 / acked for start, end in zip(before, after, strict=True))  # type: ignore[return-value]
+    acked = max(1, len(run.load["accepted"]))
+    (app_before, db_before), (app_after, db_after) = before, after
+    return (app_after - app_before) * 1000 / acked, (db_after - db_before) * 1000 / acked
 
 
 def _command(name: str) -> list[str]:
@@ -202,14 +222,14 @@ def _command(name: str) -> list[str]:
     return ["bench.baseline_app", name]
 
 
-def loadgen(requests: Path, port: int, arguments: list[str], seconds: float) -> dict[str, object]:
+def loadgen(requests: Path, port: int, arguments: list[str], seconds: float) -> LoadSummary:
     command = [sys.executable, "-m", "bench.loadgen", str(requests), "--port", str(port), "--seconds", str(seconds)]
     done = subprocess.run(  # noqa: S603 - our own module
         [*command, *arguments], cwd=ROOT, capture_output=True, text=True, check=False, timeout=seconds * 4 + 120
     )
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
-    result: dict[str, object] = json.loads(done.stdout)
+    result: LoadSummary = json.loads(done.stdout)
     return result
 
 
@@ -247,7 +267,7 @@ def loadgen_ceiling(world: World, seconds: float, connections: int) -> str:
         sink.terminate()
         sink.wait(timeout=10)
     line = f"load generator alone (minimal asyncio server, same 2 cores): {alone['throughput']:.0f} req/s"
-    line += f", {1e6 * float(alone['cpu_seconds']) / max(1, int(alone['answered'])):.0f} us of its CPU per request"  # type: ignore[arg-type]
+    line += f", {1e6 * alone['cpu_seconds'] / max(1, alone['answered']):.0f} us of its CPU per request"
     return line + "\n" + _echo_by_wrk(world, seconds, connections)
 
 
@@ -269,7 +289,7 @@ def _echo_by_wrk(world: World, seconds: float, connections: int) -> str:
     try:
         server.wait_until_healthy()
         closed = ["--mode", "closed", "--connections", str(connections), "--cycle"]
-        by_loadgen = float(loadgen(world.requests, server.port, closed, seconds)["throughput"])  # type: ignore[arg-type]
+        by_loadgen = loadgen(world.requests, server.port, closed, seconds)["throughput"]
         command = [
             str(wrk),
             "-t2",
@@ -306,8 +326,8 @@ def _report(
     rows = [[*columns, "peak RSS"]]
     for name in contenders:
         p99s = [run.p99 for run in latency[name]]
-        p50s = [float(run.load["p50_ms"]) for run in latency[name]]  # type: ignore[arg-type]
-        refused = sum(sum(v for k, v in run.load["statuses"].items() if not k.startswith("2")) for run in runs[name])  # type: ignore[attr-defined]
+        p50s = [run.load["p50_ms"] for run in latency[name]]
+        refused = sum(sum(v for k, v in run.load["statuses"].items() if not k.startswith("2")) for run in runs[name])
         peaks = _max_peaks(run.peaks for run in runs[name] + latency[name])
         rows.append(
             [

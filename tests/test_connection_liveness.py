@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import select
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from app.store.engine import make_engine
 from tests.support.postgres import throwaway_schema_url
@@ -40,10 +42,27 @@ def pings(pooled: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sent
 
 
-def pooled_socket(engine: Engine) -> int:
-    """The descriptor of the one pooled connection, taken without the pool's check (which would consume the news)."""
-    (record,) = list(engine.pool._pool.queue)  # type: ignore[attr-defined]
-    return int(record.dbapi_connection.fileno())
+@pytest.fixture
+def pooled_socket(pooled: Engine) -> Callable[[], int]:
+    """The descriptor of the one pooled connection, taken without the pool's check (which would consume the news).
+
+    Not by checking it out: the check runs at every checkout. The pool's checkin event hands over each
+    connection as it goes back; with one pooled connection, the last one handed back is the one waiting.
+    """
+    returned: list[psycopg.Connection[Any]] = []
+
+    def on_checkin(dbapi_connection: psycopg.Connection[Any] | None, _record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is not None:  # None: invalidated on its way back, so not pooled
+            returned.append(dbapi_connection)
+
+    event.listen(pooled, "checkin", on_checkin)
+
+    def descriptor() -> int:
+        assert isinstance(pooled.pool, QueuePool)
+        assert pooled.pool.checkedin() == 1, "the one connection waits in the pool"
+        return returned[-1].fileno()
+
+    return descriptor
 
 
 def wait_until_readable(descriptor: int) -> None:
@@ -71,24 +90,26 @@ def test_a_live_pooled_connection_is_used_without_a_ping(pooled: Engine, pings: 
 
 
 def test_a_connection_the_server_ended_is_replaced_and_the_next_transaction_works(
-    pooled: Engine, pings: list[int]
+    pooled: Engine, pings: list[int], pooled_socket: Callable[[], int]
 ) -> None:
     ended = backend_pid(pooled)
     from_another_connection(pooled, "SELECT pg_terminate_backend(:pid)", pid=ended)
-    wait_until_readable(pooled_socket(pooled))  # the backend has sent its FATAL message and closed
+    wait_until_readable(pooled_socket())  # the backend has sent its FATAL message and closed
 
     # With no check at checkout this fails: "terminating connection due to administrator command".
     assert backend_pid(pooled) != ended
     assert len(pings) == 1
 
 
-def test_a_message_to_an_idle_live_connection_costs_a_ping_not_the_connection(pooled: Engine, pings: list[int]) -> None:
+def test_a_message_to_an_idle_live_connection_costs_a_ping_not_the_connection(
+    pooled: Engine, pings: list[int], pooled_socket: Callable[[], int]
+) -> None:
     with pooled.connect() as conn:
         listening = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
         conn.execute(text("LISTEN liveness_check"))
         conn.commit()
     from_another_connection(pooled, "NOTIFY liveness_check")
-    wait_until_readable(pooled_socket(pooled))  # the idle connection has a message to read
+    wait_until_readable(pooled_socket())  # the idle connection has a message to read
 
     assert backend_pid(pooled) == listening
     assert len(pings) == 1
