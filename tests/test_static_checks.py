@@ -1,4 +1,4 @@
-"""The code-quality bar is part of the suite: ruff everywhere, mypy --strict on app/."""
+"""The code-quality bar is part of the suite: ruff everywhere, mypy --strict on app/ and bench/."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_ruff_is_clean() -> None:
 
 
 def test_mypy_strict_is_clean() -> None:
-    result = run_module("mypy", "app")
+    result = run_module("mypy", "app", "bench")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
