@@ -447,10 +447,41 @@ def test_delivery_timeout_is_the_hosts(
         sent.append(kwargs["timeout"])
         return httpx.Response(202)
 
-    monkeypatch.setattr(github_webhooks._SENDER, "post", fake_post)
+    monkeypatch.setattr(github_webhooks._sender(), "post", fake_post)  # sim.deliver sends from this thread
     with GitHubSimulator(app_id=APP_ID, public_key_pem=public_pem_of(rsa_key), ghes=ghes) as sim:
         sim.deliver("http://127.0.0.1:9/hook", sim.open_deployment(**RUN), secret="s")
     assert sim.delivery_timeout == seconds and sent == [seconds]
+
+
+def test_each_sending_thread_reuses_a_client_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One client shared by threads let httpcore hand a connection one thread was closing to another
+    # thread's delivery (a rare ReadError EBADF). That race cannot be timed in a test; sharing can be seen.
+    used: list[httpx.Client] = []
+
+    def fake_post(self: httpx.Client, url: str, **kwargs: Any) -> httpx.Response:
+        used.append(self)
+        return httpx.Response(202)
+
+    monkeypatch.setattr(httpx.Client, "post", fake_post)
+    for _ in range(2):  # one thread after the other: `used` lists each thread's two sends in turn
+        thread = threading.Thread(target=deliver_twice)
+        thread.start()
+        thread.join()
+    [first, again, other, other_again] = used
+    assert first is again and other is other_again and first is not other
+
+
+def deliver_twice() -> None:
+    for guid in ("guid-1", "guid-2"):
+        github_webhooks.deliver_webhook(
+            "http://127.0.0.1:9/hook",
+            b"{}",
+            secret="s",
+            event="ping",
+            guid=guid,
+            identity=HookIdentity(APP_ID, 1),
+            timeout=10.0,
+        )
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,10 +31,12 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # Real deliveries name a build of GitHub's webhook service after the slash.
 _USER_AGENT = "GitHub-Hookshot/5f2c1e9"
 _GHES_VERSION = "3.14.0"
-# One sender for every delivery: `httpx.post` builds a client (and loads the CA store) per call,
-# which made the simulator, not the receiver, the limit of a burst. No kept-alive connection:
-# GitHub opens a new one per delivery.
-_SENDER = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+# One client per sending thread, kept for its next deliveries: `httpx.post` builds a client (and
+# loads the CA store) per call, which made the simulator, not the receiver, the limit of a burst.
+# Not one client for all threads: httpcore marks a finished connection idle outside its pool's lock,
+# so another thread's request could be handed it just as the finishing thread's pool, keeping none
+# alive, closed it: a rare `httpx.ReadError: [Errno 9] Bad file descriptor` in bursts.
+_SENDERS = threading.local()
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,18 @@ def deliver_webhook(
         "X-Hub-Signature": "sha1=" + hmac.new(secret.encode(), raw, "sha1").hexdigest(),
         "X-Hub-Signature-256": sign(secret, raw),
     }
-    return _SENDER.post(webhook_url, content=raw, headers=headers, timeout=timeout)
+    return _sender().post(webhook_url, content=raw, headers=headers, timeout=timeout)
+
+
+def _sender() -> httpx.Client:
+    """This thread's client. No kept-alive connection: GitHub opens a new one per delivery.
+
+    Never closed: no connection outlives a delivery, and the client goes with its thread.
+    """
+    client: httpx.Client | None = getattr(_SENDERS, "client", None)
+    if client is None:
+        client = _SENDERS.client = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+    return client
 
 
 def _shaped_deployment(where: RepoRef, job: WaitingJob, shape: DeliveryShape) -> dict[str, Any] | None:
