@@ -4,12 +4,14 @@
 
 Contenders, measured in turns, each on a fresh database and a fresh server process tree:
 `echo`, `verify` (+ signature and payload parsing), `insert` (+ one durable
-insert per request) from bench/baseline_app.py, then `stacksona-gate web` and
+insert per request) from bench/baseline_app.py, then `stacksona-gate web`,
 `stacksona-gate serve` (with its in-process worker deciding every gate against
-the simulators). Every request is a distinct signed ~7 KB delivery (the
-captured one of tests/fixtures, each with its own run and GUID), sent by
-bench/loadgen.py: first as fast as `--connections` clients can (throughput),
-then at `--rate` deliveries/s for `--rate-seconds` (latency, open loop).
+the simulators) and `split` (`web` beside a `stacksona-gate worker` process
+deciding every gate: the topology docs/deploy.md gives for PostgreSQL).
+Every request is a distinct signed ~7 KB delivery (the captured one of
+tests/fixtures, each with its own run and GUID), sent by bench/loadgen.py:
+first as fast as `--connections` clients can (throughput), then at `--rate`
+deliveries/s for `--rate-seconds` (latency, open loop).
 Afterwards every delivery answered 2xx must be in the database with a gate of
 its own; the command exits 1 otherwise.
 """
@@ -66,8 +68,9 @@ from bench.common import (
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_ID = 4242
-CONTENDERS = ("echo", "verify", "insert", "web", "serve")
-STORING = ("insert", "web", "serve")
+CONTENDERS = ("echo", "verify", "insert", "web", "serve", "split")
+STORING = ("insert", "web", "serve", "split")
+APP = ("web", "serve", "split")
 WARM_UP = 300
 # Request budget per second of a closed-loop run: above what any contender answers here.
 BUDGET_PER_SECOND = 3000
@@ -178,11 +181,9 @@ def measure(world: World, name: str, backend: str, args: argparse.Namespace) -> 
     closed = ["--mode", "closed", "--connections", str(args.connections), *cycle]
     with database_url(backend, world.tmp) as url:
         log = world.tmp / f"{name}-{uuid.uuid4().hex[:6]}.log"
-        server = Served(_command(name), world.env | {"DATABASE_URL": url}, log, cwd=world.tmp)
+        server = Topology(name, world.env | {"DATABASE_URL": url}, log, cwd=world.tmp)
         try:
-            server.wait_until_healthy()
-            if name in ("web", "serve"):
-                server.wait_for_line("start-up check")  # they run in the first process, importing githubkit
+            server.wait_until_ready()
             loadgen(world.warm_up, server.port, ["--mode", "closed", "--connections", "8", *cycle], 2.0)
             with PeakMemory(server.processes) as peaks:
                 before = _cpu_now(server, backend)
@@ -204,7 +205,7 @@ def measure(world: World, name: str, backend: str, args: argparse.Namespace) -> 
         return throughput, at_rate
 
 
-def _cpu_now(server: Served, backend: str) -> tuple[float, float]:
+def _cpu_now(server: Topology, backend: str) -> tuple[float, float]:
     """CPU used so far by the server's process tree and, on PostgreSQL, by the database server (all of it)."""
     database = cpu_seconds(postgres_server_pids()) if backend == "postgres" else 0.0
     return cpu_seconds(server.processes().values()), database
@@ -217,9 +218,41 @@ def _cpu_per_ack(before: tuple[float, float], after: tuple[float, float], run: R
 
 
 def _command(name: str) -> list[str]:
-    if name in ("web", "serve"):
-        return ["app", name]
+    if name in APP:
+        return ["app", "web" if name == "split" else name]
     return ["bench.baseline_app", name]
+
+
+class Topology:
+    """A contender's processes: its server and, for `split`, a worker process beside it."""
+
+    def __init__(self, name: str, env: dict[str, str], log: Path, *, cwd: Path) -> None:
+        self.name = name
+        self.server = Served(_command(name), env, log, cwd=cwd)
+        worker_log = log.with_name(log.stem + "-worker.log")
+        self.worker = Served(["app", "worker"], env, worker_log, cwd=cwd) if name == "split" else None
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def wait_until_ready(self) -> None:
+        self.server.wait_until_healthy()
+        if self.name in APP:  # start-up checks import githubkit and take CPU: measured after them
+            self.server.wait_for_line("start-up check")
+        if self.worker is not None:
+            self.worker.wait_for_line("start-up check")
+
+    def processes(self) -> dict[str, int]:
+        found = self.server.processes()
+        if self.worker is not None:
+            found["worker"] = self.worker.process.pid
+        return found
+
+    def stop(self) -> None:
+        self.server.stop()
+        if self.worker is not None:
+            self.worker.stop()
 
 
 def loadgen(requests: Path, port: int, arguments: list[str], seconds: float) -> LoadSummary:

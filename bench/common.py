@@ -207,22 +207,28 @@ class Served:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.log.name}: exited with {self.process.returncode}; see {self.log}")
+                raise RuntimeError(f"{self.log.name}: exited with {self.process.returncode}:\n{self._tail()}")
             try:
                 if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"{self.log.name}: not healthy after {timeout:.0f}s; see {self.log}")
+        raise RuntimeError(f"{self.log.name}: not healthy after {timeout:.0f}s:\n{self._tail()}")
 
     def wait_for_line(self, text: str, timeout: float = 300.0) -> None:
         """Until the server's log holds `text` (e.g. its start-up checks are over and no longer take CPU)."""
         deadline = time.monotonic() + timeout
         while text not in self.log.read_text(errors="replace"):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.log.name}: exited with {self.process.returncode}:\n{self._tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.log.name}: no {text!r} after {timeout:.0f}s")
+                raise RuntimeError(f"{self.log.name}: no {text!r} after {timeout:.0f}s:\n{self._tail()}")
             time.sleep(0.1)
+
+    def _tail(self, lines: int = 30) -> str:
+        """The log's last lines: it lives in the benchmark's temporary directory, gone once the command ends."""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def processes(self) -> dict[str, int]:
         """The server's process and its children (gunicorn's workers), by a readable name."""

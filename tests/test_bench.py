@@ -61,7 +61,7 @@ def test_the_scale_benchmark_prints_its_figures_for_a_small_table(backend: str) 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_acks_benchmark_runs_briefly_and_finds_every_2xx_stored(backend: str) -> None:
     args = ["--backend", backend_or_skip(backend), "--repetitions", "1", "--seconds", "1", "--rate-seconds", "1"]
-    out = run_bench("acks", *args, "--contenders", "echo,web,serve", timeout=600)
+    out = run_bench("acks", *args, "--contenders", "echo,web,serve,split", timeout=600)
     assert "acks: every 2xx stored with a gate of its own" in out
     assert f"== B1 acks, {backend}" in out
 
