@@ -64,6 +64,24 @@ def test_deployments_page_with_a_link_header(github: GitHubSimulator, token: str
     assert len(last.json()) == 1 and 'rel="next"' not in last.headers["Link"]
 
 
+def test_deployments_filter_by_sha_and_ref_within_an_environment(github: GitHubSimulator, token: str) -> None:
+    history = github.deployments
+    made = [history.record_deployment(OWNER, REPO, env, sha, ref=ref) for env, sha, ref in DEPLOYMENT_MIX]
+    listed = get(github, token, "deployments", environment="production", sha="a" * 40).json()
+    assert [row["id"] for row in listed] == [made[3], made[0]]
+    assert [row["id"] for row in get(github, token, "deployments", ref="v2").json()] == [made[3], made[2]]
+    assert get(github, token, "deployments", task="migrate").json() == []
+    assert get(github, token, f"deployments/{max(made) + 1}/statuses").status_code == 404
+
+
+DEPLOYMENT_MIX = [
+    ("production", "a" * 40, "main"),
+    ("production", "b" * 40, "main"),
+    ("staging", "a" * 40, "v2"),
+    ("production", "a" * 40, "v2"),
+]
+
+
 def test_statuses_are_newest_first_and_only_githubs_states(github: GitHubSimulator, token: str) -> None:
     history = github.deployments
     deployment = history.record_deployment(OWNER, REPO, "production", "a" * 40)

@@ -24,7 +24,16 @@ from werkzeug.routing import Rule
 from werkzeug.wrappers import Request, Response
 
 from app.simulators.github_auth import AppAuth
-from app.simulators.github_commits import COMMIT_ENDPOINTS, CommitGraph, commit_rules, error, paged, stamp, user_json
+from app.simulators.github_commits import (
+    COMMIT_ENDPOINTS,
+    CommitGraph,
+    commit_rules,
+    error,
+    paged,
+    paged_lazily,
+    stamp,
+    user_json,
+)
 from app.simulators.github_contents import ContentsPermission
 
 __all__ = ["DEPLOYMENT_ENDPOINTS", "DeploymentHistory", "deployment_rules"]
@@ -56,7 +65,15 @@ class _Deployment:
 @dataclass
 class _Repository:
     graph: CommitGraph = field(default_factory=CommitGraph)
+    # Oldest first, as made; indexed too, since a benchmark's repository holds thousands.
     deployments: list[_Deployment] = field(default_factory=list)
+    by_environment: dict[str, list[_Deployment]] = field(default_factory=dict)
+    by_id: dict[int, _Deployment] = field(default_factory=dict)
+
+    def add(self, deployment: _Deployment) -> None:
+        self.deployments.append(deployment)
+        self.by_environment.setdefault(deployment.environment, []).append(deployment)
+        self.by_id[deployment.id] = deployment
 
 
 class DeploymentHistory:
@@ -128,7 +145,7 @@ class DeploymentHistory:
         with self._lock:
             deployment = _Deployment(deployment_id, next(self._seq), environment, sha, ref, "octocat")
             deployment.states.extend([state] if state else [])
-            self._repository(owner, repo).deployments.append(deployment)
+            self._repository(owner, repo).add(deployment)
         return deployment_id
 
     def set_state(self, owner: str, repo: str, deployment_id: int, state: str) -> None:
@@ -136,8 +153,7 @@ class DeploymentHistory:
         if state not in STATES:
             raise ValueError(f"not a deployment status state GitHub knows: {state!r}")
         with self._lock:
-            found = [d for d in self._repository(owner, repo).deployments if d.id == deployment_id]
-            found[0].states.append(state)
+            self._repository(owner, repo).by_id[deployment_id].states.append(state)
 
     def deny_contents(self, owner: str, repo: str, denied: bool = True) -> None:
         """The installation lacks `contents: read` here: the same switch as `contents.deny` (403 on every route)."""
@@ -173,19 +189,18 @@ class DeploymentHistory:
             return repository.graph.answer(endpoint, request, where, args)
 
     def _deployments(self, request: Request, repository: _Repository, where: str) -> Response:
-        wanted = {key: request.args.get(key) for key in ("environment", "sha", "ref", "task")}
-        rows = [
-            d
-            for d in sorted(repository.deployments, key=lambda d: -d.seq)
-            if all(value is None or value == _field(d, key) for key, value in wanted.items())
-        ]
-        return paged(request, f"{where}/deployments", [_deployment_json(d, where) for d in rows])
+        environment = request.args.get("environment")
+        made = repository.deployments if environment is None else repository.by_environment.get(environment, [])
+        wanted = [(key, value) for key in ("sha", "ref", "task") if (value := request.args.get(key)) is not None]
+        newest_first = made[::-1]
+        if wanted:
+            newest_first = [d for d in newest_first if all(_field(d, key) == value for key, value in wanted)]
+        return paged_lazily(request, f"{where}/deployments", newest_first, lambda d: _deployment_json(d, where))
 
     def _statuses(self, request: Request, repository: _Repository, where: str, deployment_id: int) -> Response:
-        found = [d for d in repository.deployments if d.id == deployment_id]
-        if not found:
+        deployment = repository.by_id.get(deployment_id)
+        if deployment is None:
             return error(404, "Not Found")
-        deployment = found[0]
         rows = [_status_json(deployment, n, state, where) for n, state in reversed(list(enumerate(deployment.states)))]
         return paged(request, f"{where}/deployments/{deployment_id}/statuses", rows)
 
