@@ -4,8 +4,8 @@
 
 The App runs as real processes against the simulators, as `serve` and as
 `web` + `worker`, each idle and under B1's load (`--rate` distinct deliveries/s
-that Stacksona allows, sent open loop by bench/loadgen.py), in turns, each turn
-on a fresh database. A sample is one gate:
+that Stacksona allows, sent open loop by bench/loadgen.py, flowing for
+`--lead-seconds` before the first sample), in turns, each turn on a fresh database. A sample is one gate:
 
 * `callback`: Stacksona answers `pending_review`; once the App waits, the
   reviewer approves and Stacksona calls the App back; the time runs from that
@@ -86,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=20, help="gates of each kind per turn")
     parser.add_argument("--rate", type=float, default=100.0, help="deliveries/s of the concurrent B1 load")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one review")
+    parser.add_argument(
+        "--lead-seconds",
+        type=float,
+        default=20.0,
+        help="how long the load flows before the first sample: a worker slower than the load has a backlog by then",
+    )
     parser.add_argument("--topologies", default=",".join(TOPOLOGIES), help="comma-separated subset")
     args = parser.parse_args(argv)
     topologies = [name for name in args.topologies.split(",") if name]
@@ -162,7 +168,7 @@ def measure_turn(sims: Sims, backend: str, topology: str, loaded: bool, args: ar
         load = _start_load(sims, web, args) if loaded else None
         try:
             with PeakMemory(pids) as memory:
-                time.sleep(1.0 if loaded else 0.0)  # the load is flowing before the first sample
+                time.sleep(args.lead_seconds if loaded else 0.0)
                 allowed = [_sample(sims, web, turn, run_id, thread, args.timeout) for run_id, thread in waiting]
                 _wait_for_allowed(sims, turn, allowed, args.timeout)
         finally:
@@ -268,7 +274,7 @@ def _app(sims: Sims, topology: str, url: str) -> Iterator[tuple[Served, Callable
 
 
 def _start_load(sims: Sims, web: Served, args: argparse.Namespace) -> subprocess.Popen[str]:
-    seconds = args.samples * 2.0 + 30  # outlasts the samples; stopped when they are done
+    seconds = args.lead_seconds + args.samples * 2.0 + 30  # outlasts the samples; stopped when they are done
     count = int(args.rate * seconds)
     guids = [str(uuid.uuid4()) for _ in range(count)]
     first = next(sims.next_run) * 10_000 + FIRST_LOAD_RUN

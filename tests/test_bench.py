@@ -69,6 +69,7 @@ def test_the_acks_benchmark_runs_briefly_and_finds_every_2xx_stored(backend: str
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_latency_benchmark_runs_briefly_and_every_review_arrives(backend: str) -> None:
     args = ["--backend", backend_or_skip(backend), "--repetitions", "1", "--samples", "2", "--rate", "20"]
+    args += ["--lead-seconds", "1"]
     out = run_bench("latency", *args, timeout=600)
     assert "latency: every review arrived" in out
     assert f"== B2 decision latency, {backend}" in out
